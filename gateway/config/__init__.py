@@ -1,0 +1,1 @@
+"""Configuration: the YAML contract validated into immutable objects."""

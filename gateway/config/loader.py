@@ -1,0 +1,881 @@
+"""Load the YAML contract (DESIGN.md §3) into the frozen objects of `gateway.config.model`.
+
+The mechanism is one table per dataclass (`_Section`): YAML key -> converter. A converter turns
+one YAML value into a model value or raises `_BadValueError` with the message for that value's
+path; sections, lists and mappings record their children's problems and carry on, so one run
+reports every problem in the file. Keys and defaults come from the dataclasses themselves, and
+`_Section` refuses at import time a table that does not cover its dataclass exactly, so a field
+added to the model cannot silently be missing from the YAML contract.
+
+The environment is read only through the ``environ`` argument (default ``os.environ``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import ipaddress
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import yaml
+
+from gateway.config.model import (
+    AdminConfig,
+    GatewayConfig,
+    HeaderMatch,
+    ListenAddress,
+    LoggingConfig,
+    PoolConfig,
+    RouteConfig,
+    RouteMatch,
+    ServerConfig,
+    ServerLimits,
+    ServerTimeouts,
+    Target,
+    UpstreamConfig,
+    UpstreamTimeouts,
+    UpstreamTLS,
+)
+from gateway.config.units import DURATION_NEEDS_UNIT, SIZE_NEEDS_UNIT, parse_duration, parse_size
+from gateway.errors import ConfigError
+from gateway.routing import shadowed_routes
+
+__all__ = ["load_config", "parse_config"]
+
+
+def load_config(
+    path: str | os.PathLike[str], environ: Mapping[str, str] | None = None
+) -> GatewayConfig:
+    """Read and validate the YAML file at ``path``; raises ConfigError listing every problem."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{os.fspath(path)}: cannot read the file: {exc.strerror}"]) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{os.fspath(path)}: not UTF-8 text: {exc.reason}"]) from None
+    # Relative file paths inside the config (tls.ca_file) are relative to the config file,
+    # so `gateway validate` and `gateway run` agree whatever directory they are started from.
+    return _parse(text, environ, os.fspath(path), Path(path).parent)
+
+
+def parse_config(
+    text: str, environ: Mapping[str, str] | None = None, source: str = "<string>"
+) -> GatewayConfig:
+    """Validate YAML ``text``; ``source`` names it in YAML syntax errors."""
+    return _parse(text, environ, source, Path.cwd())
+
+
+def _parse(
+    text: str, environ: Mapping[str, str] | None, source: str, base_dir: Path
+) -> GatewayConfig:
+    try:
+        document = yaml.load(text, Loader=_StrictLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        # PyYAML splits some messages: "expected a single document in the stream" (context)
+        # + "but found another document" (problem).
+        message = ", ".join(part for part in (exc.context, exc.problem) if part)
+        raise ConfigError([f"{source}: invalid YAML{where}: {message}"]) from None
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow (NUL, C0 controls)
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - text.rfind("\n", 0, exc.position)
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        raise ConfigError(
+            [
+                f"{source}: invalid YAML at line {line}, column {column}: character U+{code:04X}"
+                " is not allowed"
+            ]
+        ) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{source}: invalid YAML: {' '.join(str(exc).split())}"]) from None
+
+    ctx = _Context(os.environ if environ is None else environ, base_dir)
+    # Route references are checked against every upstream name in the file, even names whose
+    # upstream has other problems, so one typo is not reported twice.
+    if isinstance(document, dict) and isinstance(document.get("upstreams"), dict):
+        ctx.upstream_names = [str(name) for name in document["upstreams"]] or None
+    config = _run(_GATEWAY, {} if document is None else document, "", ctx)
+    if ctx.problems:
+        raise ConfigError(ctx.problems)
+    assert isinstance(config, GatewayConfig)
+    return config
+
+
+# --- YAML -------------------------------------------------------------------------------------
+
+
+class _YamlMap(dict[Any, Any]):
+    """A YAML mapping that remembers which of its keys were written more than once."""
+
+    duplicates: tuple[Any, ...] = ()
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader whose mappings record duplicate keys (PyYAML silently keeps the last)."""
+
+    def construct_strict_map(self, node: yaml.MappingNode) -> Iterable[_YamlMap]:
+        data = _YamlMap()
+        yield data  # yielded first, like SafeConstructor, so aliases to it resolve
+        seen: set[Any] = set()
+        duplicates: list[Any] = []
+        # Checked before construct_mapping flattens merge keys (<<): a merged key that the
+        # mapping then sets itself is an override, not a duplicate.
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(
+                key_node, yaml.ScalarNode
+            ):
+                continue
+            key = self.construct_object(key_node)
+            if key in seen and key not in duplicates:
+                duplicates.append(key)
+            seen.add(key)
+        data.update(self.construct_mapping(node))
+        data.duplicates = tuple(duplicates)
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:map", _StrictLoader.construct_strict_map)
+
+
+# --- The conversion machinery -----------------------------------------------------------------
+
+
+class _BadValueError(Exception):
+    """The value at the current path is wrong; the argument is the message."""
+
+
+class _Invalid:
+    """Marks a value whose problems are already recorded; the enclosing object is not built."""
+
+
+_INVALID: Final = _Invalid()
+
+
+class _FromEnv(str):
+    """A string that came (at least partly) from the environment.
+
+    Environment values are always text, so an integer or boolean field accepts such a string
+    when it spells one; a string written in the YAML itself is never coerced.
+    """
+
+
+class _Context:
+    def __init__(self, environ: Mapping[str, str], base_dir: Path) -> None:
+        self.environ = environ
+        self.base_dir = base_dir
+        self.problems: list[str] = []
+        self.upstream_names: list[str] | None = None
+        self.route_names: dict[str, str] = {}
+
+    def problem(self, path: str, message: str) -> None:
+        self.problems.append(f"{path or '(top level)'}: {message}")
+
+
+Converter = Callable[[Any, str, _Context], Any]
+
+
+def _run(convert: Converter, value: object, path: str, ctx: _Context) -> Any:
+    """Interpolate ``value`` if it is a string, convert it, and record a problem if it fails."""
+    try:
+        if isinstance(value, str):
+            value = _interpolate(value, ctx.environ)
+        return convert(value, path, ctx)
+    except _BadValueError as exc:
+        ctx.problem(path, str(exc))
+        return _INVALID
+
+
+def _key(path: str, key: object) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _describe(value: object) -> str:
+    """A value as the operator wrote it, for "got ..." in messages."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return "null"
+    if isinstance(value, str):
+        return repr(value if len(value) <= 60 else value[:57] + "...")
+    if isinstance(value, int | float):
+        return str(value)
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return f"a {type(value).__name__}"
+
+
+def _did_you_mean(word: object, options: Iterable[str]) -> str:
+    lowered = {option.lower(): option for option in options}
+    text = str(word).lower()
+    close = difflib.get_close_matches(text, list(lowered), n=1, cutoff=0.6)
+    # A shortened or lengthened key ("path" for "path_prefix") is a likelier slip than the
+    # edit distance suggests.
+    close = close or [
+        option for option in lowered if option.startswith(text) or text.startswith(option)
+    ]
+    return f" (did you mean '{lowered[close[0]]}'?)" if close and text else ""
+
+
+class _Section:
+    """Converts a YAML mapping into the dataclass ``cls`` using one converter per key."""
+
+    def __init__(
+        self,
+        cls: type[Any],
+        schema: Mapping[str, Converter],
+        *,
+        injected: Iterable[str] = (),
+        hints: Mapping[str, str] | None = None,
+        finish: Callable[[dict[str, Any], set[str], str, _Context], None] | None = None,
+    ) -> None:
+        self.fields = {f.name: f for f in dataclasses.fields(cls)}
+        self.injected = frozenset(injected)
+        if set(schema) | self.injected != set(self.fields):
+            raise TypeError(f"the YAML schema of {cls.__name__} does not match its fields")
+        self.cls = cls
+        self.schema = schema
+        self.hints = hints or {}
+        self.finish = finish
+
+    def __call__(self, value: object, path: str, ctx: _Context) -> Any:
+        return self.build(value, path, ctx, {})
+
+    def build(self, value: object, path: str, ctx: _Context, preset: dict[str, Any]) -> Any:
+        # `server:` with every child commented out is null in YAML: the defaults apply.
+        if value is None:
+            value = {}
+        if not isinstance(value, dict):
+            raise _BadValueError(f"expected a mapping, got {_describe(value)}")
+        ok = _report_duplicates(value, path, ctx)
+        kwargs = dict(preset)
+        for key, item in value.items():
+            convert = self.schema.get(key) if isinstance(key, str) else None
+            if convert is None:
+                hint = self.hints.get(key) or _did_you_mean(key, self.schema)
+                ctx.problem(_key(path, key), f"unknown key{hint}")
+                ok = False
+                continue
+            result = _run(convert, item, _key(path, key), ctx)
+            if result is _INVALID:
+                ok = False
+            else:
+                kwargs[key] = result
+        for name, field in self.fields.items():
+            required = (
+                field.default is dataclasses.MISSING
+                and field.default_factory is dataclasses.MISSING
+            )
+            if required and name not in kwargs and name not in value:
+                ctx.problem(_key(path, name), "missing required key")
+                ok = False
+        if self.finish is not None:
+            given = {key for key in value if isinstance(key, str)}
+            before = len(ctx.problems)
+            self.finish(kwargs, given, path, ctx)
+            ok = ok and len(ctx.problems) == before
+        return self.cls(**kwargs) if ok else _INVALID
+
+
+def _report_duplicates(value: dict[Any, Any], path: str, ctx: _Context) -> bool:
+    duplicates = getattr(value, "duplicates", ())
+    for key in duplicates:
+        ctx.problem(_key(path, key), "duplicate key")
+    return not duplicates
+
+
+def _list_of(
+    item: Converter,
+    what: str,
+    *,
+    plural: str | None = None,
+    allow_empty: bool = False,
+    check: Callable[[list[tuple[int, Any]], str, _Context], None] | None = None,
+) -> Converter:
+    """A YAML list converted item by item into a tuple.
+
+    ``check`` sees the valid items with their indices, so relations between items (duplicates,
+    shadowing) are reported in the same run as problems with other items.
+    """
+
+    def convert(value: object, path: str, ctx: _Context) -> Any:
+        if not isinstance(value, list):
+            raise _BadValueError(
+                f"expected a list of {plural or what + 's'}, got {_describe(value)}"
+            )
+        if not value and not allow_empty:
+            raise _BadValueError(f"at least one {what} is required")
+        before = len(ctx.problems)
+        results = [_run(item, element, f"{path}[{i}]", ctx) for i, element in enumerate(value)]
+        if check is not None:
+            check([(i, r) for i, r in enumerate(results) if r is not _INVALID], path, ctx)
+        return tuple(results) if len(ctx.problems) == before else _INVALID
+
+    return convert
+
+
+def _optional(convert: Converter) -> Converter:
+    """null (or an empty value from the environment, ``${CA_FILE:-}``) means "not set"."""
+
+    def optional(value: object, path: str, ctx: _Context) -> Any:
+        if value is None or (isinstance(value, _FromEnv) and not value):
+            return None
+        return convert(value, path, ctx)
+
+    return optional
+
+
+# --- ${ENV_VAR} interpolation -----------------------------------------------------------------
+
+# `$${` first so an escaped reference is never read as a reference; a `${` left unmatched by
+# the complete form is malformed.
+_REFERENCE = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
+_VARIABLE = re.compile(r"(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?::-(?P<default>.*))?", re.DOTALL)
+
+
+def _interpolate(text: str, environ: Mapping[str, str]) -> str:
+    if "${" not in text:
+        return text
+    substituted = False
+
+    def replace(match: re.Match[str]) -> str:
+        nonlocal substituted
+        if match[0] == "$${":
+            return "${"
+        body = match[1]
+        reference = _VARIABLE.fullmatch(body) if body is not None else None
+        if reference is None:
+            raise _BadValueError(
+                f"invalid reference {match[0]!r}: write ${{NAME}} or ${{NAME:-default}},"
+                " or $${ for a literal '${'"
+            )
+        substituted = True
+        value = environ.get(reference["name"])
+        default = reference["default"]
+        # Like the shell's ${NAME:-default}: the default also covers a variable set to "".
+        if default is not None and not value:
+            return default
+        if value is None:
+            raise _BadValueError(f"environment variable {reference['name']!r} is not set")
+        return value
+
+    result = _REFERENCE.sub(replace, text)
+    return _FromEnv(result) if substituted else result
+
+
+# --- Scalars ----------------------------------------------------------------------------------
+
+
+def _string(value: object) -> str:
+    if not isinstance(value, str):
+        quote = " (quote it)" if isinstance(value, int | float) else ""
+        raise _BadValueError(f"expected a string, got {_describe(value)}{quote}")
+    return str(value)  # a plain str, not _FromEnv, goes into the model
+
+
+def _boolean(value: object, path: str, ctx: _Context) -> bool:
+    if isinstance(value, _FromEnv) and value.lower() in ("true", "false"):
+        return value.lower() == "true"
+    if not isinstance(value, bool):
+        raise _BadValueError(f"expected a boolean (true or false), got {_describe(value)}")
+    return value
+
+
+def _count(value: object, path: str, ctx: _Context) -> int:
+    if isinstance(value, _FromEnv) and re.fullmatch(r"[+-]?[0-9]+", value):
+        value = int(value)
+    # bool is an int subclass in Python; `max_headers: true` is a mistake, not 1.
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _BadValueError(f"expected an integer, got {_describe(value)}")
+    if value < 1:
+        raise _BadValueError(f"must be at least 1, got {value}")
+    return value
+
+
+def _with_unit(parse: Callable[[str], float], needs_unit: str, example: str) -> Converter:
+    """A duration or size: a string with a unit, greater than 0."""
+
+    def convert(value: object, path: str, ctx: _Context) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float | str):
+            raise _BadValueError(f"expected {example}, got {_describe(value)}")
+        if not isinstance(value, str):
+            raise _BadValueError(needs_unit)
+        try:
+            amount = parse(value)
+        except ValueError as exc:
+            raise _BadValueError(str(exc)) from None
+        if amount <= 0:
+            raise _BadValueError(f"must be greater than 0, got {_describe(value)}")
+        return amount
+
+    return convert
+
+
+_duration = _with_unit(parse_duration, DURATION_NEEDS_UNIT, "a duration such as '5s'")
+_size = _with_unit(parse_size, SIZE_NEEDS_UNIT, "a size such as '64KiB'")
+
+
+def _choice(*allowed: str) -> Converter:
+    def choice(value: object, path: str, ctx: _Context) -> str:
+        text = _string(value)
+        if text not in allowed:
+            options = ", ".join(repr(option) for option in allowed)
+            raise _BadValueError(
+                f"expected one of {options}, got {_describe(value)}{_did_you_mean(text, allowed)}"
+            )
+        return text
+
+    return choice
+
+
+# --- Hosts, addresses, URLs -------------------------------------------------------------------
+
+# RFC 1123 labels, plus "_" because container runtimes (docker compose service names) hand
+# out such names and resolvers accept them.
+_LABEL = r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?"
+_HOSTNAME = re.compile(rf"{_LABEL}(?:\.{_LABEL})*")
+# RFC 9110 token: HTTP methods, field names, the Via pseudonym.
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+
+
+def _valid_hostname(host: str) -> bool:
+    """A lower-case DNS name, or an IPv4 address in dotted-decimal form."""
+    if len(host) > 253 or _HOSTNAME.fullmatch(host) is None:
+        return False
+    # A name ending in a numeric label is read as an IPv4 address by resolvers and URL parsers,
+    # sometimes in octal or hex ("010.0.0.1" is 8.0.0.1 to inet_aton): only plain dotted
+    # decimal is accepted, so the address the operator reads is the address used.
+    if host.rsplit(".", 1)[-1].isdigit():
+        try:
+            return isinstance(ipaddress.ip_address(host), ipaddress.IPv4Address)
+        except ValueError:
+            return False
+    return True
+
+
+def _split_host_port(text: str) -> tuple[str, str | None]:
+    """``host:port``, ``[v6]:port``, ``host`` -> (host without brackets, port text or None)."""
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket:
+            raise _BadValueError(f"missing ']' after the IPv6 address in {text!r}")
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise _BadValueError(f"{host!r} in brackets is not an IPv6 address") from None
+        if rest and not rest.startswith(":"):
+            raise _BadValueError(f"unexpected {rest!r} after ']' in {text!r}")
+        return host, rest[1:] if rest else None
+    if text.count(":") > 1:
+        raise _BadValueError(f"an IPv6 address needs brackets, e.g. '[::1]:8080', got {text!r}")
+    host, colon, port = text.partition(":")
+    return host, port if colon else None
+
+
+def _port(text: str, lowest: int) -> int:
+    if not re.fullmatch(r"[0-9]{1,5}", text) or not lowest <= int(text) <= 65535:
+        raise _BadValueError(f"port must be a number from {lowest} to 65535, got {text!r}")
+    return int(text)
+
+
+def _check_host(host: str, original: str) -> str:
+    """A hostname (lower-cased) or an IP address (canonical form)."""
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    if not _valid_hostname(host.lower()):
+        raise _BadValueError(f"{host!r} is not a valid host name or IP address (in {original!r})")
+    return host.lower()
+
+
+def _listen(value: object, path: str, ctx: _Context) -> ListenAddress:
+    text = _string(value)
+    host, port = _split_host_port(text)
+    if port is None:
+        raise _BadValueError(f"expected 'host:port', '[::1]:port' or ':port', got {text!r}")
+    # Port 0 asks the OS for a free port: useless in production, handy in tests.
+    number = _port(port, 0)
+    return ListenAddress("0.0.0.0" if host == "" else _check_host(host, text), number)
+
+
+def _network(
+    value: object, path: str, ctx: _Context
+) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    text = _string(value)
+    try:
+        # strict=False: "10.1.2.3/8" means 10.0.0.0/8 rather than being an error.
+        return ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise _BadValueError(
+            f"expected an IP address or CIDR such as '10.0.0.0/8', got {text!r}"
+        ) from None
+
+
+_TARGET = re.compile(
+    r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*)://(?P<authority>[^/?#]*)(?P<rest>.*)", re.DOTALL
+)
+
+
+def _target(value: object, path: str, ctx: _Context) -> Target:
+    text = _string(value)
+    match = _TARGET.fullmatch(text)
+    if match is None:
+        raise _BadValueError(f"expected a URL such as 'http://10.0.0.5:9000', got {text!r}")
+    scheme: Literal["http", "https"]
+    if match["scheme"].lower() == "http":
+        scheme = "http"
+    elif match["scheme"].lower() == "https":
+        scheme = "https"
+    else:
+        raise _BadValueError(f"a target's scheme must be http or https, got {text!r}")
+    # A lone "/" is how many people write a bare origin; anything more would be dropped.
+    if match["rest"] not in ("", "/"):
+        raise _BadValueError(f"a target has no path, query or fragment: {text!r}")
+    authority = match["authority"]
+    if "@" in authority:
+        raise _BadValueError(f"a target cannot carry user credentials: {text!r}")
+    host, port = _split_host_port(authority)
+    if not host:
+        raise _BadValueError(f"a target needs a host: {text!r}")
+    default_port = 443 if scheme == "https" else 80
+    number = default_port if port is None else _port(port, 1)
+    return Target(scheme, _check_host(host, text), number)
+
+
+def _check_targets(targets: list[tuple[int, Target]], path: str, ctx: _Context) -> None:
+    first: dict[Target, int] = {}
+    for index, target in targets:
+        if target in first:
+            ctx.problem(
+                f"{path}[{index}]",
+                f"duplicate target '{target}' (first at {path}[{first[target]}])",
+            )
+        first.setdefault(target, index)
+
+
+def _host_header(value: object, path: str, ctx: _Context) -> str:
+    text = _string(value)
+    if text in ("preserve", "target"):
+        return text
+    # A fixed Host value goes on the wire as is: it must be a valid host[:port].
+    try:
+        host, port = _split_host_port(text)
+        if not host:
+            raise _BadValueError("")
+        _check_host(host, text)
+        if port is not None:
+            _port(port, 1)
+    except _BadValueError:
+        raise _BadValueError(
+            "expected 'preserve', 'target' or a fixed host such as 'api.internal:8443',"
+            f" got {_describe(value)}"
+        ) from None
+    return text
+
+
+# --- Upstreams --------------------------------------------------------------------------------
+
+_UPSTREAM_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _ca_file(value: object, path: str, ctx: _Context) -> str:
+    text = _string(value)
+    if not text:
+        raise _BadValueError("expected a file path, got ''")
+    resolved = ctx.base_dir / text
+    if not resolved.exists():
+        raise _BadValueError(f"no such file: {str(resolved)!r}")
+    if not resolved.is_file():
+        raise _BadValueError(f"not a regular file: {str(resolved)!r}")
+    if not os.access(resolved, os.R_OK):
+        raise _BadValueError(f"file is not readable: {str(resolved)!r}")
+    return str(resolved)
+
+
+def _finish_pool(kwargs: dict[str, Any], given: set[str], path: str, ctx: _Context) -> None:
+    defaults = PoolConfig()
+    connections = kwargs.get("max_connections", defaults.max_connections)
+    idle = kwargs.get("max_idle")
+    if ("max_connections" in given and "max_connections" not in kwargs) or (
+        "max_idle" in given and idle is None
+    ):
+        return  # already reported
+    default_idle = defaults.max_idle
+    if idle is None:
+        # An omitted max_idle follows a small max_connections down rather than forcing the
+        # operator to set both.
+        kwargs["max_idle"] = min(default_idle, connections)
+    elif idle > connections:
+        ctx.problem(
+            _key(path, "max_idle"), f"must not exceed max_connections ({connections}), got {idle}"
+        )
+
+
+_UPSTREAM = _Section(
+    UpstreamConfig,
+    {
+        "targets": _list_of(_target, "target", check=_check_targets),
+        "balance": _choice("round_robin"),
+        "pool": _Section(
+            PoolConfig,
+            {"max_connections": _count, "max_idle": _count, "idle_timeout": _duration},
+            finish=_finish_pool,
+        ),
+        "timeouts": _Section(
+            UpstreamTimeouts, {"connect": _duration, "response": _duration, "read": _duration}
+        ),
+        "tls": _Section(UpstreamTLS, {"ca_file": _optional(_ca_file), "verify": _boolean}),
+        "host_header": _host_header,
+        "dns_ttl": _duration,
+    },
+    injected=["name"],
+    hints={"name": " (an upstream's name is its key under 'upstreams')"},
+)
+
+
+def _upstreams(value: object, path: str, ctx: _Context) -> Any:
+    if not isinstance(value, dict):
+        raise _BadValueError(
+            f"expected a mapping of upstream names to upstreams, got {_describe(value)}"
+        )
+    if not value:
+        raise _BadValueError("at least one upstream is required")
+    ok = _report_duplicates(value, path, ctx)
+    results = []
+    for name, body in value.items():
+        where = _key(path, name)
+        if not isinstance(name, str) or not _UPSTREAM_NAME.fullmatch(name):
+            ctx.problem(
+                where,
+                f"an upstream name has only letters, digits, '_' and '-', got {_describe(name)}",
+            )
+            ok = False
+        # The body is checked even under a bad name, so its problems show up in this run too.
+        try:
+            result = _UPSTREAM.build(body, where, ctx, {"name": str(name)})
+        except _BadValueError as exc:
+            ctx.problem(where, str(exc))
+            result = _INVALID
+        ok = ok and result is not _INVALID
+        results.append(result)
+    return tuple(results) if ok else _INVALID
+
+
+# --- Routes -----------------------------------------------------------------------------------
+
+_ROUTE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+
+
+def _route_name(value: object, path: str, ctx: _Context) -> str:
+    name = _string(value)
+    if not _ROUTE_NAME.fullmatch(name):
+        raise _BadValueError(
+            "a route name is a metrics label: only letters, digits, '_', '.' and '-',"
+            f" got {_describe(value)}"
+        )
+    route = path.removesuffix(".name")
+    first = ctx.route_names.setdefault(name, route)
+    if first != route:
+        raise _BadValueError(f"duplicate route name {name!r} (first at {first})")
+    return name
+
+
+def _upstream_ref(value: object, path: str, ctx: _Context) -> str:
+    name = _string(value)
+    known = ctx.upstream_names
+    # Without a usable `upstreams` mapping that problem is reported once, not per route.
+    if known is not None and name not in known:
+        raise _BadValueError(f"unknown upstream {name!r}{_did_you_mean(name, known)}")
+    return name
+
+
+def _host_pattern(value: object, path: str, ctx: _Context) -> str:
+    # Hosts compare case-insensitively (RFC 9110 §4.2.3); stored in the form `gateway.routing`
+    # compares request hosts in: lower case, no trailing dot, IPv6 bracketed and canonical.
+    text = _string(value).lower()
+    if text.startswith("["):
+        host, port = _split_host_port(text)
+        if port is not None:
+            raise _BadValueError(f"a host to match has no port, got {_describe(value)}")
+        return f"[{ipaddress.IPv6Address(host).compressed}]"
+    if ":" in text:
+        raise _BadValueError(f"a host to match has no port, got {_describe(value)}")
+    if text.endswith(".") and text != ".":
+        text = text[:-1]  # "example.com." is the absolute form of the same name
+    if not _valid_hostname(text.removeprefix("*.")):
+        raise _BadValueError(
+            "expected a host name such as 'api.example.com' or a wildcard such as"
+            f" '*.example.com', got {_describe(value)}"
+        )
+    return text
+
+
+def _path_prefix(value: object, path: str, ctx: _Context) -> str:
+    text = _string(value)
+    if not text.startswith("/"):
+        raise _BadValueError(f"must start with '/', got {_describe(value)}")
+    if any(char in "?#" or ord(char) <= 0x20 or ord(char) == 0x7F for char in text):
+        raise _BadValueError(
+            f"must be a path without query, fragment, spaces or control characters,"
+            f" got {_describe(value)}"
+        )
+    return text
+
+
+def _method(value: object, path: str, ctx: _Context) -> str:
+    text = _string(value)
+    if not _TOKEN.fullmatch(text):
+        raise _BadValueError(f"expected an HTTP method such as 'GET', got {_describe(value)}")
+    return text.upper()
+
+
+_methods_list = _list_of(_method, "method")
+
+
+def _methods(value: object, path: str, ctx: _Context) -> Any:
+    if isinstance(value, list) and not value:
+        raise _BadValueError("expected at least one method (omit the key to match every method)")
+    methods = _methods_list(value, path, ctx)
+    return _INVALID if methods is _INVALID else frozenset(methods)
+
+
+def _header_value(value: object, path: str, ctx: _Context) -> str:
+    text = _string(value)
+    if any(char in text for char in "\r\n\0"):
+        raise _BadValueError("a header value cannot contain CR, LF or NUL")
+    return text
+
+
+def _header_matches(value: object, path: str, ctx: _Context) -> Any:
+    if value is None:
+        return ()
+    if not isinstance(value, dict):
+        raise _BadValueError(
+            f"expected a mapping of header names to values, got {_describe(value)}"
+        )
+    ok = _report_duplicates(value, path, ctx)
+    matches: list[HeaderMatch] = []
+    first: dict[str, object] = {}
+    for name, item in value.items():
+        where = _key(path, name)
+        if not isinstance(name, str) or not _TOKEN.fullmatch(name):
+            ctx.problem(where, f"expected a header name such as 'X-Env', got {_describe(name)}")
+            ok = False
+            continue
+        # Field names are case-insensitive: "X-Env" and "x-env" are the same header.
+        if name.lower() in first:
+            ctx.problem(where, f"duplicate header {name!r} (first as {first[name.lower()]!r})")
+            ok = False
+            continue
+        first[name.lower()] = name
+        result = _run(_header_value, item, where, ctx)
+        if result is _INVALID:
+            ok = False
+        else:
+            matches.append(HeaderMatch(name.lower(), result))
+    return tuple(matches) if ok else _INVALID
+
+
+def _check_shadowing(valid: list[tuple[int, RouteConfig]], path: str, ctx: _Context) -> None:
+    # Shadowing is a relation between two routes, so it is sound on the valid subset too.
+    indices = [index for index, _ in valid]
+    routes = [route for _, route in valid]
+    for shadowed, by in shadowed_routes(routes):
+        ctx.problem(
+            f"{path}[{indices[shadowed]}]",
+            f"shadowed by {path}[{indices[by]}] ({routes[by].name!r}), it can never match",
+        )
+
+
+_ROUTE = _Section(
+    RouteConfig,
+    {
+        "name": _route_name,
+        "upstream": _upstream_ref,
+        "match": _Section(
+            RouteMatch,
+            {
+                "host": _optional(_host_pattern),
+                "path_prefix": _path_prefix,
+                "methods": _optional(_methods),
+                "headers": _header_matches,
+            },
+        ),
+        "strip_prefix": _boolean,
+    },
+)
+
+
+# --- Top level --------------------------------------------------------------------------------
+
+
+def _via_name(value: object, path: str, ctx: _Context) -> str:
+    text = _string(value)
+    if not _TOKEN.fullmatch(text):
+        raise _BadValueError(
+            f"expected a token (letters, digits, '-', '.', '_' ...), got {_describe(value)}"
+        )
+    return text
+
+
+def _overlaps(a: ListenAddress, b: ListenAddress) -> bool:
+    wildcard = ("0.0.0.0", "::")
+    return a.port == b.port != 0 and (a.host == b.host or a.host in wildcard or b.host in wildcard)
+
+
+def _finish_gateway(kwargs: dict[str, Any], given: set[str], path: str, ctx: _Context) -> None:
+    if ("server" in given) != ("server" in kwargs) or ("admin" in given) != ("admin" in kwargs):
+        return  # an invalid section is reported already; do not compare with a default
+    server: ServerConfig = kwargs.get("server", ServerConfig())
+    admin: AdminConfig = kwargs.get("admin", AdminConfig())
+    if _overlaps(server.listen, admin.listen):
+        ctx.problem(
+            "admin.listen",
+            f"{admin.listen} overlaps server.listen ({server.listen}):"
+            " the admin endpoints never share the public port",
+        )
+
+
+_GATEWAY = _Section(
+    GatewayConfig,
+    {
+        "upstreams": _upstreams,
+        "routes": _list_of(_ROUTE, "route", check=_check_shadowing),
+        "server": _Section(
+            ServerConfig,
+            {
+                "listen": _listen,
+                "trusted_proxies": _list_of(
+                    _network, "address", plural="addresses", allow_empty=True
+                ),
+                "limits": _Section(
+                    ServerLimits,
+                    {
+                        "max_body": _size,
+                        "max_header_bytes": _size,
+                        "max_headers": _count,
+                        "max_line": _size,
+                        "max_requests_per_connection": _count,
+                    },
+                ),
+                "timeouts": _Section(
+                    ServerTimeouts,
+                    {"header_read": _duration, "keepalive": _duration, "drain": _duration},
+                ),
+                "via_name": _via_name,
+            },
+        ),
+        "admin": _Section(AdminConfig, {"listen": _listen}),
+        "logging": _Section(
+            LoggingConfig,
+            {"level": _choice("debug", "info", "warning", "error"), "access_log": _boolean},
+        ),
+    },
+    finish=_finish_gateway,
+)

@@ -1,0 +1,172 @@
+"""The validated configuration: immutable objects built once by `gateway.config.loader`.
+
+Every value here is already checked and converted (durations in seconds as float, sizes in
+bytes as int). Nothing reads the YAML or the environment after loading; the objects are passed
+in to whatever needs them. Defaults follow DESIGN.md §3 and HARDENING.md's edge defaults.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Literal
+
+KIB = 1024
+MIB = 1024 * KIB
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True, slots=True)
+class ListenAddress:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    # Whole request body, enforced on the stream (413).
+    max_body: int = 10 * MIB
+    # Whole header block (431) and number of header fields (431).
+    max_header_bytes: int = 32 * KIB
+    max_headers: int = 100
+    # Request line and one header field (aiohttp's defaults; nginx uses 8 KiB).
+    max_line: int = 8190
+    # Requests served on one client connection before it is closed (HARDENING.md).
+    max_requests_per_connection: int = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ServerTimeouts:
+    # From accept (or from the first byte of a later request) until the header block is complete.
+    header_read: float = 10.0
+    # Idle keep-alive connection from a client.
+    keepalive: float = 60.0
+    # SIGTERM: time for in-flight requests to finish before the process exits.
+    drain: float = 25.0
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    listen: ListenAddress = ListenAddress("0.0.0.0", 8080)
+    # CIDRs whose X-Forwarded-For / X-Forwarded-Proto are believed.
+    trusted_proxies: tuple[IPNetwork, ...] = ()
+    limits: ServerLimits = field(default_factory=ServerLimits)
+    timeouts: ServerTimeouts = field(default_factory=ServerTimeouts)
+    # The pseudonym this gateway adds in Via (RFC 9110 §7.6.3).
+    via_name: str = "gateway"
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    listen: ListenAddress = ListenAddress("127.0.0.1", 9901)
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    access_log: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One upstream server: ``http://host:port`` or ``https://host:port``."""
+
+    scheme: Literal["http", "https"]
+    host: str
+    port: int
+
+    @property
+    def authority(self) -> str:
+        default = 443 if self.scheme == "https" else 80
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return host if self.port == default else f"{host}:{self.port}"
+
+    def __str__(self) -> str:
+        return f"{self.scheme}://{self.authority}"
+
+
+@dataclass(frozen=True, slots=True)
+class PoolConfig:
+    # Connections open at once (busy + idle) per upstream, across its targets.
+    max_connections: int = 256
+    # Idle keep-alive connections kept per upstream.
+    max_idle: int = 64
+    # Kept below common upstream keep-alive timeouts (5 s) so we never reuse a closing socket.
+    idle_timeout: float = 4.0
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTimeouts:
+    # TCP (and TLS) connect, and the longest wait for a free pool slot.
+    connect: float = 2.0
+    # From the end of the request to the first byte of the response head.
+    response: float = 30.0
+    # The longest gap between two reads of a response body.
+    read: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamTLS:
+    # A PEM bundle to verify https targets with; None uses the system store.
+    ca_file: str | None = None
+    verify: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    name: str
+    targets: tuple[Target, ...]
+    balance: Literal["round_robin"] = "round_robin"
+    pool: PoolConfig = field(default_factory=PoolConfig)
+    timeouts: UpstreamTimeouts = field(default_factory=UpstreamTimeouts)
+    tls: UpstreamTLS = field(default_factory=UpstreamTLS)
+    # "preserve" (the client's Host), "target" (the chosen target's authority) or a fixed value.
+    host_header: str = "preserve"
+    # Seconds a DNS answer for a target hostname is reused before it is resolved again.
+    dns_ttl: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderMatch:
+    # Lower-case field name; the value is compared exactly.
+    name: str
+    value: str
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    # None matches any host; "*.example.com" matches one or more labels before example.com.
+    host: str | None = None
+    # Segment-aware prefix: "/users" matches "/users" and "/users/7", not "/usersx".
+    path_prefix: str = "/"
+    # None matches every method.
+    methods: frozenset[str] | None = None
+    headers: tuple[HeaderMatch, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    name: str
+    upstream: str
+    match: RouteMatch = field(default_factory=RouteMatch)
+    # Remove match.path_prefix from the path before forwarding.
+    strip_prefix: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    upstreams: tuple[UpstreamConfig, ...]
+    routes: tuple[RouteConfig, ...]
+    server: ServerConfig = field(default_factory=ServerConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+    def upstream(self, name: str) -> UpstreamConfig:
+        for upstream in self.upstreams:
+            if upstream.name == name:
+                return upstream
+        raise KeyError(name)

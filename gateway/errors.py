@@ -1,0 +1,95 @@
+"""Gateway errors: each carries the HTTP status and a short code.
+
+Errors become HTTP responses in exactly one place, the server's error boundary
+(`gateway.server`), which renders ``{"error": CODE, "message": ..., "request_id": ...}``.
+Library exceptions are mapped to these where they arise.
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """An error the client is told about with ``status`` and ``code``."""
+
+    status: int = 500
+    code: str = "internal_error"
+    # Whether the client connection must be closed after the error response (for example
+    # when an unread request body would otherwise be parsed as the next request).
+    close_connection: bool = False
+
+    def __init__(self, message: str, *, close_connection: bool | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if close_connection is not None:
+            self.close_connection = close_connection
+
+
+class BadRequest(GatewayError):
+    status = 400
+    code = "bad_request"
+    close_connection = True
+
+
+class RouteNotFound(GatewayError):
+    status = 404
+    code = "route_not_found"
+
+
+class RequestTimeout(GatewayError):
+    status = 408
+    code = "request_timeout"
+    close_connection = True
+
+
+class PayloadTooLarge(GatewayError):
+    status = 413
+    code = "body_too_large"
+    close_connection = True
+
+
+class HeadersTooLarge(GatewayError):
+    status = 431
+    code = "headers_too_large"
+    close_connection = True
+
+
+class BadGateway(GatewayError):
+    """The upstream refused, reset or broke the connection before a response (RFC 9110 §15.6.3)."""
+
+    status = 502
+    code = "bad_gateway"
+
+
+class UpstreamBusy(GatewayError):
+    """No pooled connection slot became free within the upstream's connect timeout."""
+
+    status = 503
+    code = "upstream_busy"
+
+
+class ServiceUnavailable(GatewayError):
+    status = 503
+    code = "unavailable"
+
+
+class GatewayTimeout(GatewayError):
+    """The upstream did not connect or answer in time (RFC 9110 §15.6.5)."""
+
+    status = 504
+    code = "gateway_timeout"
+
+
+class UpstreamAborted(Exception):
+    """The upstream failed after the first response byte reached the client.
+
+    Not a GatewayError: a second response cannot be sent, so the client connection is aborted
+    instead (never a clean end of a truncated body).
+    """
+
+
+class ConfigError(Exception):
+    """A configuration file is invalid; ``problems`` are ``path.to.key: what is wrong`` lines."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("\n".join(problems))
+        self.problems = problems

@@ -1,0 +1,64 @@
+"""Every example under config/ is a valid gateway file (DESIGN.md §1: each passes validate).
+
+Only ``config/*.yaml`` are gateway files; subfolders (config/kubernetes, ...) hold other
+tools' files and are not looked at. The list is a glob so a new example is checked without
+touching this test, and an empty folder fails rather than passing vacuously.
+"""
+
+from __future__ import annotations
+
+import typing
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from gateway.config import model
+from gateway.config.loader import load_config
+
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+EXAMPLES = sorted(CONFIG_DIR.glob("*.yaml"))
+
+# Dataclasses written as one scalar in YAML ("host:port", a URL, a "name: value" pair).
+_SCALARS = (model.ListenAddress, model.Target, model.HeaderMatch)
+
+
+def test_config_folder_has_examples() -> None:
+    assert EXAMPLES, f"no *.yaml example in {CONFIG_DIR}"
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_example_validates(path: Path) -> None:
+    # An empty environment: examples must not depend on the machine they are checked on
+    # (interpolations in them carry defaults).
+    load_config(path, environ={})
+
+
+def _missing_keys(cls: type[object], written: object, where: str) -> list[str]:
+    """Keys of the dataclass ``cls`` (recursively) that ``written`` does not spell out."""
+    assert isinstance(written, dict), where
+    hints = typing.get_type_hints(cls)
+    missing = []
+    for field in fields(cls):  # type: ignore[arg-type]
+        if field.name == "name" and cls is model.UpstreamConfig:
+            continue  # an upstream's name is its key under `upstreams`
+        path = f"{where}.{field.name}" if where else field.name
+        if field.name not in written:
+            missing.append(path)
+            continue
+        kind = hints[field.name]
+        if is_dataclass(kind) and not issubclass(kind, _SCALARS):  # type: ignore[arg-type]
+            missing += _missing_keys(kind, written[field.name], path)  # type: ignore[arg-type]
+    return missing
+
+
+def test_complete_example_shows_every_key() -> None:
+    doc = yaml.safe_load((CONFIG_DIR / "gateway.yaml").read_text(encoding="utf-8"))
+    top = {key: doc[key] for key in ("server", "admin", "logging") if key in doc}
+    missing = _missing_keys(model.GatewayConfig, {**top, "upstreams": {}, "routes": []}, "")
+    missing += _missing_keys(
+        model.UpstreamConfig, next(iter(doc["upstreams"].values())), "upstreams.*"
+    )
+    missing += _missing_keys(model.RouteConfig, doc["routes"][0], "routes[0]")
+    assert missing == []
