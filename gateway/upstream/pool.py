@@ -1,0 +1,399 @@
+"""A per-upstream pool of keep-alive HTTP/1.1 connections (the lean transport, DESIGN.md §2).
+
+Targets are chosen round-robin; each target keeps a LIFO stack of idle connections (the most
+recently used socket is the least likely to have been closed by the peer). At most
+``pool.max_connections`` sockets are open per upstream (busy + idle + connecting), and at
+most ``pool.max_idle`` idle. A request that finds no slot waits in FIFO order, up to the
+connect timeout, then fails with UpstreamBusy (503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections import deque
+from collections.abc import Sequence
+from typing import Final
+
+from gateway.config.model import UpstreamConfig
+from gateway.errors import BadGateway, GatewayTimeout, UpstreamBusy
+from gateway.messages import BodyStream, Headers, InformationalCallback
+from gateway.upstream.connection import UpstreamConnection
+from gateway.upstream.request import IDEMPOTENT, build_head, framing_fields, method_bytes
+from gateway.upstream.resolver import Address, Resolver
+from gateway.upstream.response import UpstreamResponse
+from gateway.upstream.tls import client_context
+
+# How long an ``Expect: 100-continue`` request holds its body back waiting for 100 (curl
+# waits 1 s; RFC 9110 §10.1.1 says not to wait indefinitely).
+EXPECT_CONTINUE_TIMEOUT: Final = 1.0
+
+# A waiter is woken with a connection handed over, or None: "a slot is reserved for you".
+_Waiter = tuple["asyncio.Future[UpstreamConnection | None]", bool]
+
+
+def _ascii_host(host: str) -> bytes:
+    try:
+        return host.encode("ascii")
+    except UnicodeEncodeError:
+        return host.encode("idna")
+
+
+class UpstreamPool:
+    """Sends requests to one upstream over pooled connections."""
+
+    __slots__ = (
+        "_closed",
+        "_connect_timeout",
+        "_expect_timeout",
+        "_hosts",
+        "_idle",
+        "_idle_count",
+        "_idle_timeout",
+        "_idle_timer",
+        "_loop",
+        "_max_connections",
+        "_max_idle",
+        "_next_target",
+        "_open",
+        "_resolver",
+        "_ssl",
+        "_targets",
+        "_timeouts",
+        "_waiters",
+        "config",
+        "connections_opened",
+    )
+
+    def __init__(
+        self,
+        config: UpstreamConfig,
+        *,
+        resolver: Resolver | None = None,
+        expect_continue_timeout: float = EXPECT_CONTINUE_TIMEOUT,
+    ) -> None:
+        if not config.targets:
+            raise ValueError(f"upstream {config.name!r} has no targets")
+        self.config = config
+        self._targets = config.targets
+        self._timeouts = config.timeouts
+        self._connect_timeout = config.timeouts.connect
+        self._max_connections = config.pool.max_connections
+        self._max_idle = config.pool.max_idle
+        self._idle_timeout = config.pool.idle_timeout
+        self._expect_timeout = expect_continue_timeout
+        # The Host field per target, computed once; None means the client's (RFC 9110 §7.2).
+        hosts: list[bytes | None] = []
+        for target in config.targets:
+            if config.host_header == "preserve":
+                hosts.append(None)
+            elif config.host_header == "target":
+                hosts.append(_ascii_host(target.authority))
+            else:
+                hosts.append(_ascii_host(config.host_header))
+        self._hosts = tuple(hosts)
+        has_https = any(target.scheme == "https" for target in config.targets)
+        self._ssl = client_context(config.tls) if has_https else None
+        self._resolver = resolver if resolver is not None else Resolver(config.dns_ttl)
+        self._idle: tuple[deque[UpstreamConnection], ...] = tuple(deque() for _ in config.targets)
+        self._idle_count = 0
+        self._idle_timer: asyncio.TimerHandle | None = None
+        # Sockets open or being opened (busy + idle + connecting), against max_connections.
+        self._open = 0
+        self._waiters: deque[_Waiter] = deque()
+        self._next_target = 0
+        self._closed = False
+        # Bound lazily: the pool may be built before the loop runs.
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # Real TCP (and TLS) connects made, for tests and metrics.
+        self.connections_opened = 0
+
+    @property
+    def idle_connections(self) -> int:
+        return self._idle_count
+
+    @property
+    def open_connections(self) -> int:
+        return self._open
+
+    @property
+    def waiting(self) -> int:
+        """Requests queued for a connection slot."""
+        return sum(1 for waiter, _ in self._waiters if not waiter.done())
+
+    async def request(  # noqa: PLR0917 - the forwarder's fixed positional contract
+        self,
+        method: str,
+        target: bytes,
+        headers: Headers,
+        client_authority: bytes,
+        body: BodyStream | None,
+        content_length: int | None,
+        *,
+        expect_continue: bool = False,
+        on_informational: InformationalCallback | None = None,
+    ) -> UpstreamResponse:
+        """Send a request and return the final response head with its body stream.
+
+        Raises BadGateway (refused, reset, invalid response), GatewayTimeout (connect or
+        first-byte timeout), UpstreamBusy (no slot within the connect timeout), or the
+        exception the caller's body iterator raised.
+        """
+        if content_length == 0:
+            body = None  # nothing to pull; "Content-Length: 0" is sent
+        has_body = body is not None
+        framing = framing_fields(method, has_body, content_length)
+        verb = method_bytes(method)
+        expect = expect_continue and has_body
+        index = self._pick_target()
+        fresh = False
+        while True:
+            conn, reused = await self._acquire(index, fresh=fresh)
+            host = self._hosts[conn.target_index]
+            head, close = build_head(
+                verb, target, client_authority if host is None else host, headers, framing
+            )
+            try:
+                return await conn.exchange(
+                    head,
+                    body,
+                    request_close=close,
+                    is_head=method == "HEAD",
+                    content_length=content_length,
+                    expect_continue=expect,
+                    on_informational=on_informational,
+                )
+            except BadGateway:
+                # RFC 9112 §9.3.1: a keep-alive connection the upstream closed just as we
+                # reused it. Retry once, on a new connection, only when nothing can have
+                # been acted on twice: an idempotent method (RFC 9110 §9.2.2), no response
+                # byte, and no body byte taken from the caller (it cannot be replayed).
+                if fresh or not (
+                    reused and conn.stale and not conn.body_pulled and method in IDEMPOTENT
+                ):
+                    raise
+            index = conn.target_index
+            fresh = True
+
+    async def close(self) -> None:
+        """Close idle connections now; busy ones close when released (shutdown, reload)."""
+        self._closed = True
+        timer = self._idle_timer
+        if timer is not None:
+            self._idle_timer = None
+            timer.cancel()
+        idle = [conn for stack in self._idle for conn in stack]
+        for conn in idle:
+            conn.close()
+        if idle:
+            # Let the transports finish closing (a TLS close_notify needs a round trip).
+            await asyncio.wait(
+                [asyncio.ensure_future(conn.wait_closed()) for conn in idle],
+                timeout=self._connect_timeout,
+            )
+
+    # --------------------------------------------------------------- slot management
+
+    def _pick_target(self) -> int:
+        index = self._next_target
+        self._next_target = (index + 1) % len(self._targets)
+        return index
+
+    async def _acquire(self, index: int, *, fresh: bool) -> tuple[UpstreamConnection, bool]:
+        """A connection for ``index`` and whether it was reused; ``fresh`` forbids reuse."""
+        if not self._waiters:
+            if not fresh:
+                stack = self._idle[index]
+                if stack:
+                    conn = stack.pop()
+                    self._idle_count -= 1
+                    conn.take()
+                    return conn, True
+            if self._open >= self._max_connections and self._idle_count:
+                # Full, but with idle sockets to other targets: trade one for a new one.
+                self._evict_oldest_idle()
+            if self._open < self._max_connections:
+                self._open += 1
+                return await self._connect_reserved(index), False
+        handed = await self._wait(fresh)
+        if handed is not None:
+            return handed, True
+        return await self._connect_reserved(index), False
+
+    async def _wait(self, fresh: bool) -> UpstreamConnection | None:
+        loop = self._get_loop()
+        waiter: asyncio.Future[UpstreamConnection | None] = loop.create_future()
+        entry = (waiter, fresh)
+        self._waiters.append(entry)
+        timer = loop.call_later(self._connect_timeout, _expire, waiter)
+        try:
+            return await waiter
+        except BaseException:
+            if waiter.done() and not waiter.cancelled() and waiter.exception() is None:
+                # Given a slot or a connection, then cancelled before using it: pass it on.
+                handed = waiter.result()
+                if handed is None:
+                    self._slot_freed()
+                else:
+                    self.connection_reusable(handed)
+            raise
+        finally:
+            timer.cancel()
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(entry)  # still queued when it timed out or was cancelled
+
+    async def _connect_reserved(self, index: int) -> UpstreamConnection:
+        """Open a connection in a slot already counted in ``_open``."""
+        try:
+            return await self._connect(index)
+        except BaseException:
+            self._slot_freed()
+            raise
+
+    def _slot_freed(self) -> None:
+        self._open -= 1
+        waiters = self._waiters
+        while waiters:
+            waiter, _ = waiters.popleft()
+            if not waiter.done():
+                self._open += 1
+                waiter.set_result(None)
+                return
+
+    def _evict_oldest_idle(self) -> None:
+        oldest: UpstreamConnection | None = None
+        for stack in self._idle:
+            if stack and (oldest is None or stack[0].idle_since < oldest.idle_since):
+                oldest = stack[0]
+        if oldest is not None:
+            oldest.close()
+
+    # ---------------------------------------------------- ConnectionOwner (callbacks)
+
+    def connection_reusable(self, conn: UpstreamConnection) -> None:
+        """A clean exchange ended: hand the connection to a waiter, or park it."""
+        if self._closed:
+            conn.close()
+            return
+        waiters = self._waiters
+        while waiters:
+            waiter, fresh = waiters[0]
+            if waiter.done():
+                waiters.popleft()
+                continue
+            if fresh:
+                # The first waiter is a retry that needs a new socket: give it this slot.
+                conn.close()
+                return
+            waiters.popleft()
+            conn.take()
+            waiter.set_result(conn)
+            return
+        if self._idle_count >= self._max_idle:
+            conn.close()
+            return
+        loop = self._get_loop()
+        conn.park(loop.time())
+        self._idle[conn.target_index].append(conn)
+        self._idle_count += 1
+        if self._idle_timer is None:
+            self._idle_timer = loop.call_at(conn.idle_since + self._idle_timeout, self._expire_idle)
+
+    def connection_gone(self, conn: UpstreamConnection) -> None:
+        """The connection closed: drop it from the idle stacks and free its slot."""
+        if conn.is_idle:
+            # Closed by the peer while idle, timed out, or evicted: out of the pool at once.
+            self._idle[conn.target_index].remove(conn)
+            self._idle_count -= 1
+        self._slot_freed()
+
+    def _expire_idle(self) -> None:
+        """Close connections idle for ``pool.idle_timeout`` (kept below upstream keep-alives).
+
+        One timer per pool, set for the oldest idle connection; the bottom of each LIFO
+        stack is its oldest, so expiry only ever looks at stack bottoms.
+        """
+        self._idle_timer = None
+        loop = self._get_loop()
+        limit = loop.time() - self._idle_timeout
+        next_expiry: float | None = None
+        for stack in self._idle:
+            while stack and stack[0].idle_since <= limit:
+                stack[0].close()  # connection_gone removes it from the stack
+            if stack:
+                expiry = stack[0].idle_since + self._idle_timeout
+                if next_expiry is None or expiry < next_expiry:
+                    next_expiry = expiry
+        if next_expiry is not None:
+            self._idle_timer = loop.call_at(next_expiry, self._expire_idle)
+
+    # ----------------------------------------------------------------------- connect
+
+    def _get_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
+
+    async def _connect(self, index: int) -> UpstreamConnection:
+        target = self._targets[index]
+        loop = self._get_loop()
+        conn = UpstreamConnection(
+            self, loop, self._timeouts, index, expect_timeout=self._expect_timeout
+        )
+        try:
+            # One budget for DNS, TCP and TLS: a stalled step must not pin the request.
+            async with asyncio.timeout(self._connect_timeout):
+                addresses = await self._resolver.resolve(target.host, target.port)
+                sock = await _open_socket(loop, addresses)
+                try:
+                    if self._ssl is not None and target.scheme == "https":
+                        await loop.create_connection(
+                            lambda: conn,
+                            sock=sock,
+                            ssl=self._ssl,
+                            server_hostname=target.host,
+                            ssl_handshake_timeout=self._connect_timeout,
+                            ssl_shutdown_timeout=self._connect_timeout,
+                        )
+                    else:
+                        await loop.create_connection(lambda: conn, sock=sock)
+                except BaseException:
+                    sock.close()
+                    raise
+        except TimeoutError:
+            raise GatewayTimeout(f"connecting to {target} timed out") from None
+        except OSError as exc:
+            # Refused, unreachable, reset, DNS failure, TLS handshake or certificate errors.
+            raise BadGateway(f"cannot connect to {target}: {exc}") from None
+        self.connections_opened += 1
+        return conn
+
+
+def _expire(waiter: asyncio.Future[UpstreamConnection | None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(UpstreamBusy("no upstream connection became free in time"))
+
+
+async def _open_socket(
+    loop: asyncio.AbstractEventLoop, addresses: Sequence[Address]
+) -> socket.socket:
+    """Connect to the first address that accepts, trying each in order."""
+    error: OSError | None = None
+    for family, sockaddr in addresses:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            # Heads and small bodies go out at once (asyncio sets this too; uvloop may not).
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            await loop.sock_connect(sock, sockaddr)
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    raise error if error is not None else OSError("no address to connect to")
