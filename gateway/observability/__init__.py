@@ -1,0 +1,1 @@
+"""Logs (and, later, metrics) about what the gateway does."""

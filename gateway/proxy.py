@@ -1,0 +1,66 @@
+"""The terminal stage of every HTTP route: forward the request to the route's upstream pool."""
+
+from __future__ import annotations
+
+from gateway import headers as header_rules
+from gateway.config.model import RouteConfig
+from gateway.messages import ProxyRequest, ProxyResponse
+from gateway.routing import strip_prefix
+from gateway.upstream.pool import UpstreamPool
+
+
+class Forwarder:
+    """Rewrites the head for the upstream (RFC 9110 §7.6), sends it, and relays the answer."""
+
+    __slots__ = ("_pool", "_prefix", "_via_by_version", "_via_response")
+
+    def __init__(self, route: RouteConfig, pool: UpstreamPool, via_name: str) -> None:
+        self._pool = pool
+        self._prefix = route.match.path_prefix if route.strip_prefix else None
+        # RFC 9110 §7.6.3: Via names the protocol version each hop received the message with.
+        self._via_by_version = {
+            version: header_rules.via_value(version, via_name) for version in ((1, 0), (1, 1))
+        }
+        self._via_response = header_rules.via_value((1, 1), via_name)
+
+    async def __call__(self, request: ProxyRequest) -> ProxyResponse:
+        target = request.target
+        if self._prefix is not None:
+            target = strip_prefix(target, self._prefix)
+        request_id = request.request_id.encode("ascii")
+        via_request = self._via_by_version[request.version]
+        fields = header_rules.upstream_request_headers(
+            request.headers,
+            peer_trusted=request.peer_trusted,
+            peer_ip=request.peer_ip,
+            scheme=request.scheme,
+            authority=request.authority,
+            request_id=request_id,
+            via=via_request,
+        )
+        upstream = await self._pool.request(
+            request.method,
+            target,
+            fields,
+            request.authority,
+            request.body,
+            request.content_length,
+            expect_continue=request.expect_continue,
+            on_informational=request.send_informational,
+        )
+        try:
+            fields = header_rules.downstream_response_headers(
+                upstream.headers, request_id=request_id, via=self._via_response
+            )
+        except BaseException:
+            # The connection slot must go back to the pool whatever happens here.
+            await upstream.release()
+            raise
+        return ProxyResponse(
+            status=upstream.status,
+            reason=upstream.reason,
+            headers=fields,
+            body=upstream.body,
+            content_length=upstream.content_length,
+            release=upstream.release,
+        )

@@ -1,0 +1,160 @@
+"""Shared test helpers: configs on ephemeral ports, in-process and subprocess gateways, raw sockets.
+
+Everything runs on real sockets on 127.0.0.1; nothing here mocks the network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from aiohttp import web
+
+from gateway.config.model import (
+    AdminConfig,
+    GatewayConfig,
+    ListenAddress,
+    LoggingConfig,
+    RouteConfig,
+    ServerConfig,
+    Target,
+    UpstreamConfig,
+)
+
+LOCAL = "127.0.0.1"
+REPO = Path(__file__).resolve().parent.parent
+
+
+def upstream_to(name: str, *ports: int, **options: object) -> UpstreamConfig:
+    """An upstream config whose targets are local ports."""
+    targets = tuple(Target("http", LOCAL, port) for port in ports)
+    return replace(UpstreamConfig(name=name, targets=targets), **options)  # type: ignore[arg-type]
+
+
+def gateway_config(
+    upstreams: Sequence[UpstreamConfig],
+    routes: Sequence[RouteConfig] | None = None,
+    server: ServerConfig | None = None,
+) -> GatewayConfig:
+    """A config that listens on ephemeral loopback ports with the access log off."""
+    if routes is None:
+        routes = [RouteConfig(name="default", upstream=upstreams[0].name)]
+    base = server or ServerConfig()
+    return GatewayConfig(
+        upstreams=tuple(upstreams),
+        routes=tuple(routes),
+        server=replace(base, listen=ListenAddress(LOCAL, 0)),
+        admin=AdminConfig(listen=ListenAddress(LOCAL, 0)),
+        logging=LoggingConfig(access_log=False),
+    )
+
+
+@contextlib.asynccontextmanager
+async def serve_app(app: web.Application) -> AsyncIterator[int]:
+    """Serve an aiohttp app on an ephemeral loopback port; yield the port."""
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
+    await runner.setup()
+    await web.TCPSite(runner, LOCAL, 0).start()
+    try:
+        yield int(runner.addresses[0][1])
+    finally:
+        await runner.cleanup()
+
+
+async def raw_exchange(
+    port: int, data: bytes, *, read_timeout: float = 5.0, until_close: bool = True
+) -> bytes:
+    """Send raw bytes and return everything the server sends until it closes (or times out)."""
+    reader, writer = await asyncio.open_connection(LOCAL, port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        received = bytearray()
+        while True:
+            try:
+                chunk = await asyncio.wait_for(reader.read(65536), read_timeout)
+            except TimeoutError:
+                if until_close:
+                    raise
+                break
+            if not chunk:
+                break
+            received += chunk
+        return bytes(received)
+    finally:
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+
+def parse_raw_response(data: bytes) -> tuple[int, dict[str, list[str]], bytes]:
+    """Split one raw HTTP/1.1 response (Content-Length framed) into status, fields, body."""
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split(" ", 2)[1])
+    fields: dict[str, list[str]] = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        fields.setdefault(name.strip().lower(), []).append(value.strip())
+    return status, fields, body
+
+
+@dataclass
+class GatewayProcess:
+    """`gateway run` in a child process, as operators run it."""
+
+    process: subprocess.Popen[bytes]
+    port: int
+    admin_port: int
+
+    def peak_rss_bytes(self) -> int:
+        """The kernel's high-water mark of the process's resident set (VmHWM)."""
+        status = Path(f"/proc/{self.process.pid}/status").read_text()
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("VmHWM missing from /proc status")
+
+    def terminate(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+
+
+def start_gateway_process(
+    config_path: Path, log_path: Path, *, env: dict[str, str] | None = None, timeout: float = 20.0
+) -> GatewayProcess:
+    """Start `python -m gateway run` and wait for its `listening` log line.
+
+    Its output goes to ``log_path`` (a pipe nobody reads would fill up and stall the gateway).
+    """
+    log_file = log_path.open("wb")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "gateway", "run", "--config", str(config_path)],
+        stdout=log_file,
+        stderr=subprocess.STDOUT,
+        env={**os.environ, **(env or {})},
+        cwd=REPO,
+    )
+    log_file.close()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        for line in log_path.read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                event = json.loads(line)
+                if isinstance(event, dict) and event.get("event") == "listening":
+                    port = int(event["address"].rsplit(":", 1)[1])
+                    admin_port = int(event["admin"].rsplit(":", 1)[1])
+                    return GatewayProcess(process, port, admin_port)
+        time.sleep(0.05)
+    if process.poll() is None:
+        process.kill()
+    process.wait()
+    raise AssertionError("gateway did not start:\n" + log_path.read_text(errors="replace"))
