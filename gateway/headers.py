@@ -12,7 +12,7 @@ several times cheaper than ``b"\\r" in value``).
 from __future__ import annotations
 
 import ipaddress
-import os
+import random
 import socket
 from collections.abc import Iterable, Sequence
 
@@ -303,8 +303,13 @@ def is_valid_request_id(value: bytes) -> bool:
 
 
 def new_request_id() -> str:
-    """A fresh request id: 128 random bits as 32 lower-case hex characters."""
-    return os.urandom(16).hex()
+    """A fresh request id: 128 random bits as 32 lower-case hex characters.
+
+    An id correlates log lines; it is no secret, so the random module's generator serves (seeded
+    from the OS, and reseeded in forked children by the module itself): os.urandom costs a
+    getrandom syscall per request, 5% of a small request's CPU in a profile under wrk.
+    """
+    return "%032x" % random.getrandbits(128)
 
 
 def via_value(version: tuple[int, int], pseudonym: str) -> bytes:

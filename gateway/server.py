@@ -30,6 +30,7 @@ from gateway.errors import (
 from gateway.messages import Headers, ProxyRequest, ProxyResponse
 from gateway.observability.access_log import AccessLog
 from gateway.runtime import Runtime
+from gateway.upstream.response import ResponseBody
 
 _JSON = "application/json"
 
@@ -110,7 +111,13 @@ class ForwardedResponse(web.StreamResponse):
     aiohttp adds `Content-Type: application/octet-stream` and its own `Server` to responses that
     lack them; a proxy must not change what the origin said (RFC 9110 §7.6 only allows the
     intermediary's own fields such as Via), so those defaults are removed again.
+
+    The head is held back until the first body write or the end of the response, so that a head
+    and a body already at hand leave in one send instead of two (`_relay` flushes the head at
+    once when the body is not at hand yet, so streaming responses are not delayed).
     """
+
+    _send_headers_immediately = False
 
     async def _prepare_headers(self) -> None:
         fields = self._headers
@@ -201,9 +208,12 @@ class Dispatcher:
         if close:
             response.force_close()
         try:
-            await response.prepare(request)
+            writer = await response.prepare(request)
             body = upstream.body
             if body is not None:
+                if writer is not None and not (isinstance(body, ResponseBody) and body.ready()):
+                    # Nothing to send with the head yet: let the client see the head now.
+                    writer.send_headers()
                 async for chunk in body:
                     await response.write(chunk)
         except (UpstreamAborted, GatewayError):

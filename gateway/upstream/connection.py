@@ -480,6 +480,9 @@ class UpstreamConnection(asyncio.Protocol):
 
     # ------------------------------------------------------------------- response body
 
+    def chunk_ready(self) -> bool:
+        return bool(self._buf) or self._error is not None or self._phase == _DONE
+
     async def read_chunk(self, body: ResponseBody) -> bytes:
         while True:
             if body.source is not self:

@@ -15,6 +15,8 @@ class BodySource(Protocol):
 
     async def read_chunk(self, body: ResponseBody) -> bytes: ...
 
+    def chunk_ready(self) -> bool: ...
+
     async def release(self, body: ResponseBody) -> None: ...
 
 
@@ -42,6 +44,11 @@ class ResponseBody:
                 raise StopAsyncIteration
             raise UpstreamAborted("the upstream response was released before its end")
         return await source.read_chunk(self)
+
+    def ready(self) -> bool:
+        """Whether the next step of iteration (a chunk, the end or an error) needs no waiting."""
+        source = self.source
+        return source is None or source.chunk_ready()
 
     @property
     def peak_buffered(self) -> int:
