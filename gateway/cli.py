@@ -27,6 +27,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--upstream-port", type=int, default=8081, help="demo upstream port (default 8081)"
     )
+    demo.add_argument("--admin-port", type=int, default=9901, help="admin port (default 9901)")
     return parser
 
 
@@ -54,7 +55,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         return _run(config)
     if args.command == "demo":
-        return _demo(args.port, args.upstream_port)
+        return _demo(args.port, args.upstream_port, args.admin_port)
     return 2
 
 
@@ -70,14 +71,14 @@ def _run(config: GatewayConfig) -> int:
         return 1
 
 
-def _demo(port: int, upstream_port: int) -> int:
+def _demo(port: int, upstream_port: int, admin_port: int) -> int:
     import uvloop
 
     from gateway.app import serve
     from gateway.demo import demo_config, start_demo_upstream
     from gateway.observability.access_log import configure_logging
 
-    config = demo_config(port, upstream_port)
+    config = demo_config(port, upstream_port, admin_port)
     configure_logging(config.logging)
 
     async def main() -> int:

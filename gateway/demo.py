@@ -67,11 +67,13 @@ def demo_app() -> web.Application:
     return app
 
 
-def demo_config(gateway_port: int = 8080, upstream_port: int = 8081) -> GatewayConfig:
+def demo_config(
+    gateway_port: int = 8080, upstream_port: int = 8081, admin_port: int = 9901
+) -> GatewayConfig:
     upstream = UpstreamConfig(name="demo", targets=(Target("http", "127.0.0.1", upstream_port),))
     return GatewayConfig(
         server=ServerConfig(listen=ListenAddress("127.0.0.1", gateway_port)),
-        admin=AdminConfig(),
+        admin=AdminConfig(listen=ListenAddress("127.0.0.1", admin_port)),
         upstreams=(upstream,),
         routes=(
             RouteConfig(
