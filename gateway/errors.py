@@ -41,6 +41,12 @@ class RequestTimeout(GatewayError):
     close_connection = True
 
 
+class UriTooLong(GatewayError):
+    status = 414
+    code = "uri_too_long"
+    close_connection = True
+
+
 class PayloadTooLarge(GatewayError):
     status = 413
     code = "body_too_large"

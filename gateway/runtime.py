@@ -13,6 +13,7 @@ from types import MappingProxyType
 from gateway.chain import Handler, compose
 from gateway.config.model import GatewayConfig
 from gateway.edge import EdgeSettings
+from gateway.headers import via_value
 from gateway.proxy import Forwarder
 from gateway.routing import Router
 from gateway.upstream.pool import UpstreamPool
@@ -25,6 +26,8 @@ class Runtime:
     router: Router
     pools: Mapping[str, UpstreamPool]
     handlers: Mapping[str, Handler]
+    # The Via element for responses relayed to clients (RFC 9110 §7.6.3).
+    via_response: bytes
 
     @classmethod
     def build(cls, config: GatewayConfig) -> Runtime:
@@ -40,6 +43,7 @@ class Runtime:
             router=Router(config.routes),
             pools=MappingProxyType(pools),
             handlers=MappingProxyType(handlers),
+            via_response=via_value((1, 1), config.server.via_name),
         )
 
     async def close(self) -> None:

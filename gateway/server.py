@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from time import perf_counter
 from typing import Any
 
 from aiohttp import hdrs, web
@@ -19,13 +20,15 @@ from multidict import CIMultiDict
 
 from gateway import headers as header_rules
 from gateway.config.model import ServerConfig
-from gateway.edge import EdgeSettings, RequestHead, build_request
+from gateway.edge import RequestHead, build_request
 from gateway.errors import (
     BadRequest,
     GatewayError,
+    GatewayTimeout,
     HeadersTooLarge,
     RouteNotFound,
     UpstreamAborted,
+    UriTooLong,
 )
 from gateway.messages import Headers, ProxyRequest, ProxyResponse
 from gateway.observability.access_log import AccessLog
@@ -95,10 +98,7 @@ def _parse_error(exc: BaseException | None, message: str | None) -> GatewayError
         # passes the start of what overflowed. An origin-form target starts with "/": that is
         # 414 (RFC 9112 §3); anything else is a header field, 431 (RFC 6585 §5).
         if isinstance(start, bytes | bytearray) and start.startswith(b"/"):
-            error: GatewayError = BadRequest(text)
-            error.status = 414
-            error.code = "uri_too_long"
-            return error
+            return UriTooLong(text)
         return HeadersTooLarge(text)
     if isinstance(exc, BadHttpMessage) and "Too many headers" in text:
         return HeadersTooLarge(text)
@@ -145,8 +145,8 @@ class Dispatcher:
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         runtime = self.runtime
-        loop_time = asyncio.get_running_loop().time
-        started = loop_time()
+        # Not loop.time(): uvloop's clock has millisecond resolution.
+        started = perf_counter() if self.access_log is not None else 0.0
         protocol = request.protocol
         assert isinstance(protocol, GatewayProtocol)
         protocol.requests_served += 1
@@ -175,7 +175,9 @@ class Dispatcher:
             if route is None:
                 raise RouteNotFound("no route matches this request")
             route_name = route.name
-            proxy_request.send_informational = _informational_sender(request, proxy_request)
+            proxy_request.send_informational = _informational_sender(
+                request, proxy_request, runtime.via_response
+            )
             proxy_response = await runtime.handlers[route.name](proxy_request)
         except GatewayError as error:
             request_id = proxy_request.request_id if proxy_request else _fallback_id(head)
@@ -242,7 +244,7 @@ class Dispatcher:
             route=route,
             client_ip=proxy_request.client_ip if proxy_request else head.peer_ip,
             request_id=proxy_request.request_id if proxy_request else "-",
-            duration=asyncio.get_running_loop().time() - started,
+            duration=perf_counter() - started,
         )
 
 
@@ -254,7 +256,7 @@ def _fallback_id(head: RequestHead) -> str:
 
 
 def _informational_sender(
-    request: web.BaseRequest, proxy_request: ProxyRequest
+    request: web.BaseRequest, proxy_request: ProxyRequest, via: bytes
 ) -> Callable[[int, bytes, Headers], Any]:
     """Relay an upstream interim response to the client (RFC 9110 §15.2).
 
@@ -270,7 +272,7 @@ def _informational_sender(
                 await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
             return
         kept = header_rules.downstream_response_headers(
-            fields, request_id=proxy_request.request_id.encode(), via=b"1.1 gateway"
+            fields, request_id=proxy_request.request_id.encode(), via=via
         )
         lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
         lines.extend(name + b": " + value + b"\r\n" for name, value in kept)
@@ -362,8 +364,7 @@ class GatewayProtocol(RequestHandler):
             self.log_exception("unhandled error", exc_info=exc)
             error: GatewayError = GatewayError("internal error")
         elif status == 504:
-            error = GatewayError("handler timed out")
-            error.status, error.code = 504, "gateway_timeout"
+            error = GatewayTimeout("handler timed out")
         else:
             error = _parse_error(exc, message)
         return error_response(error, header_rules.new_request_id(), close=True)
@@ -394,7 +395,3 @@ class GatewayServer(web.Server):
             max_requests=self.config.limits.max_requests_per_connection,
             **self._kwargs,
         )
-
-
-def edge_settings(config: ServerConfig) -> EdgeSettings:
-    return EdgeSettings.from_config(config)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
@@ -19,7 +20,9 @@ from tests.harness import LOCAL, REPO, serve_app, start_gateway_process
 MIB = 1024 * 1024
 
 
-def write_config(tmp_path: Path, upstream_port: int, max_body: str = "10MiB") -> Path:
+def write_config(
+    tmp_path: Path, upstream_port: int, max_body: str = "10MiB", access_log: bool = False
+) -> Path:
     path = tmp_path / "gateway.yaml"
     path.write_text(
         textwrap.dedent(
@@ -31,7 +34,7 @@ def write_config(tmp_path: Path, upstream_port: int, max_body: str = "10MiB") ->
             admin:
               listen: "127.0.0.1:0"
             logging:
-              access_log: false
+              access_log: {"true" if access_log else "false"}
             upstreams:
               app:
                 targets: ["http://127.0.0.1:{upstream_port}"]
@@ -78,10 +81,11 @@ async def test_sigterm_finishes_the_request_in_flight_and_exits_0(tmp_path: Path
                 gateway.process.wait()
 
 
-async def test_admin_health_endpoints(tmp_path: Path) -> None:
+async def test_admin_health_endpoints_and_access_log(tmp_path: Path) -> None:
+    log_path = tmp_path / "gateway.log"
     async with serve_app(web.Application()) as upstream_port:
         gateway = start_gateway_process(
-            write_config(tmp_path, upstream_port), tmp_path / "gateway.log"
+            write_config(tmp_path, upstream_port, access_log=True), log_path
         )
         try:
             async with aiohttp.ClientSession() as client:
@@ -90,12 +94,21 @@ async def test_admin_health_endpoints(tmp_path: Path) -> None:
                         assert r.status == 200
                         assert (await r.json())["status"] == body
                 # The public port does not serve admin endpoints: it routes them upstream.
-                async with client.get(f"http://{LOCAL}:{gateway.port}/healthz") as r:
+                async with client.get(
+                    f"http://{LOCAL}:{gateway.port}/healthz", headers={"X-Request-ID": "log-me"}
+                ) as r:
                     assert r.status == 404
                     assert r.headers.get("Via") == "1.1 gateway"
         finally:
             gateway.terminate()
             assert await asyncio.to_thread(gateway.process.wait, 15) == 0
+        lines = [json.loads(line) for line in log_path.read_text().splitlines() if "{" in line]
+        access = [line for line in lines if line.get("request_id") == "log-me"]
+        assert len(access) == 1
+        assert access[0]["status"] == 404
+        assert access[0]["route"] == "all"
+        assert access[0]["target"] == "/healthz"
+        assert access[0]["duration_ms"] >= 0
 
 
 def test_refuses_to_start_without_the_c_parser(tmp_path: Path) -> None:

@@ -518,3 +518,30 @@ async def test_max_requests_per_connection_closes_after_the_last(
     # Three answers, the last with Connection: close, then the server closes.
     assert data.count(b"HTTP/1.1 200") == 3
     assert data.count(b"Connection: close") == 1
+
+
+async def test_early_hints_reach_http11_clients_only(gateways: list[RunningGateway]) -> None:
+    async def hinting(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.readuntil(b"\r\n\r\n"):
+            writer.write(
+                b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n"
+                b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+            )
+            await writer.drain()
+
+    server = await asyncio.start_server(hinting, LOCAL, 0)
+    try:
+        port = await launch(gateways, [upstream_to("h", server.sockets[0].getsockname()[1])])
+        eleven = await raw_exchange(port, b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        interim, _, final = eleven.partition(b"\r\n\r\n")
+        assert interim.startswith(b"HTTP/1.1 103 Early Hints\r\n")
+        assert b"Link: </a.css>; rel=preload" in interim
+        assert final.startswith(b"HTTP/1.1 200 OK")
+        assert final.endswith(b"ok")
+        # RFC 9110 §15.2: never a 1xx to an HTTP/1.0 client.
+        ten = await raw_exchange(port, b"GET / HTTP/1.0\r\nHost: a\r\n\r\n")
+        assert ten.startswith(b"HTTP/1.0 200 OK")
+        assert b"103" not in ten
+    finally:
+        server.close()
+        await server.wait_closed()
