@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.streams import StreamReader
 
 from gateway import headers as header_rules
@@ -148,7 +149,12 @@ async def limited_body(content: StreamReader, limit: int) -> AsyncIterator[bytes
     """
     received = 0
     while True:
-        chunk = await content.readany()
+        try:
+            chunk = await content.readany()
+        except HttpProcessingError as error:
+            # Broken chunked framing or a body shorter than its Content-Length (RFC 9112 §6.3):
+            # the connection's framing is lost, so answer 400 and close it.
+            raise BadRequest(f"malformed request body: {error.message}") from error
         if not chunk:
             return
         received += len(chunk)

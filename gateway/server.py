@@ -14,8 +14,8 @@ from time import perf_counter
 from typing import Any
 
 from aiohttp import hdrs, web
-from aiohttp.http_exceptions import BadHttpMessage, LineTooLong
-from aiohttp.web_protocol import RequestHandler
+from aiohttp.http_exceptions import BadHttpMessage, HttpProcessingError, LineTooLong
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from multidict import CIMultiDict
 
 from gateway import headers as header_rules
@@ -321,6 +321,24 @@ class GatewayProtocol(RequestHandler):
             # A complete head arrived: its deadline is met.
             self._awaiting_head = False
             self._cancel_head_timer()
+            self._fail_body_on_parse_error()
+
+    def _fail_body_on_parse_error(self) -> None:
+        """Hand a framing error in a request body to the handler that is reading that body.
+
+        aiohttp's C parser queues a parse error in the middle of a body as a new message and
+        leaves the body stream waiting forever (3.14); the request being forwarded would hang
+        until the client gave up. Its reader gets the error instead, which answers 400.
+        """
+        error = self._messages[-1][0]
+        current = self._current_request
+        if isinstance(error, _ErrInfo) and current is not None:
+            body = current.content
+            if not body.is_eof() and body.exception() is None:
+                exc = error.exc
+                body.set_exception(
+                    exc if isinstance(exc, HttpProcessingError) else BadHttpMessage(error.message)
+                )
 
     async def _handle_request(self, *args: Any, **kwargs: Any) -> Any:
         try:

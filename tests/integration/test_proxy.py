@@ -545,3 +545,23 @@ async def test_early_hints_reach_http11_clients_only(gateways: list[RunningGatew
     finally:
         server.close()
         await server.wait_closed()
+
+
+async def test_malformed_chunked_body_is_400_and_closes(
+    echo_port: int, gateways: list[RunningGateway]
+) -> None:
+    port = await launch(gateways, [upstream_to("echo", echo_port)])
+    reader, writer = await asyncio.open_connection(LOCAL, port)
+    writer.write(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+    await writer.drain()
+    # Let the request start streaming upstream before the framing breaks.
+    await asyncio.sleep(0.2)
+    writer.write(b"zz\r\n")
+    await writer.drain()
+    raw = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    await writer.wait_closed()
+    status, fields, body = parse_raw_response(raw)
+    assert status == 400
+    assert fields["connection"] == ["close"]
+    assert json.loads(body)["error"] == "bad_request"
