@@ -1,7 +1,8 @@
-"""The transport scenarios again on uvloop, the loop the gateway runs in production.
+"""The transport scenarios again on asyncio's default loop.
 
-pytest-asyncio runs the other tests on asyncio's default loop; uvloop's transports differ in
-flow control, TLS and EOF handling, so a representative set is replayed here.
+The suite runs on uvloop, the loop the gateway runs in production (tests/conftest.py); the
+default loop's transports differ in flow control, TLS and EOF handling, and the pool must work on
+both (embedding, debugging with PYTHONASYNCIODEBUG), so a representative set is replayed here.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 import pytest
-import uvloop
 
 from tests.integration import test_upstream_pool as pool_tests
 from tests.integration import test_upstream_transport as transport_tests
@@ -66,6 +66,6 @@ SCENARIOS: list[tuple[Scenario, dict[str, Any]]] = [
 @pytest.mark.parametrize(
     ("scenario", "kwargs"), SCENARIOS, ids=[s.__name__.removeprefix("test_") for s, _ in SCENARIOS]
 )
-def test_on_uvloop(scenario: Scenario, kwargs: dict[str, Any]) -> None:
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+def test_on_the_default_loop(scenario: Scenario, kwargs: dict[str, Any]) -> None:
+    with asyncio.Runner(loop_factory=asyncio.SelectorEventLoop) as runner:
         runner.run(scenario(**kwargs))
