@@ -185,3 +185,31 @@ async def test_512_mib_download_and_256_mib_upload_stay_under_150_mb_rss(
     finally:
         gateway.terminate()
         assert await asyncio.to_thread(gateway.process.wait, 15) == 0
+
+
+@pytest.mark.slow
+async def test_a_client_that_stops_reading_holds_the_upstream_back(
+    tmp_path: Path, bulk_upstream: int
+) -> None:
+    """Backpressure end to end: a stalled reader must not make the gateway buffer the body."""
+    gateway = start_gateway_process(write_config(tmp_path, bulk_upstream), tmp_path / "gw.log")
+    try:
+        timeout = aiohttp.ClientTimeout(total=300)
+        connector = aiohttp.TCPConnector(force_close=True)
+        async with (
+            aiohttp.ClientSession(timeout=timeout, connector=connector) as client,
+            client.get(
+                f"http://{LOCAL}:{gateway.port}/download/512", read_bufsize=64 * 1024
+            ) as response,
+        ):
+            received = len(await response.content.readexactly(MIB))
+            # Unbuffered, the whole 512 MiB would cross loopback in well under this pause.
+            await asyncio.sleep(2)
+            stalled_peak = gateway.peak_rss_bytes()
+            async for chunk in response.content.iter_any():
+                received += len(chunk)
+        assert received == 512 * MIB
+        assert stalled_peak < 150 * MIB, f"peak RSS {stalled_peak / MIB:.1f} MiB while stalled"
+    finally:
+        gateway.terminate()
+        assert await asyncio.to_thread(gateway.process.wait, 15) == 0

@@ -565,3 +565,21 @@ async def test_malformed_chunked_body_is_400_and_closes(
     assert status == 400
     assert fields["connection"] == ["close"]
     assert json.loads(body)["error"] == "bad_request"
+
+
+async def test_idle_keepalive_connection_is_closed_after_the_timeout(
+    echo_port: int, gateways: list[RunningGateway]
+) -> None:
+    server = ServerConfig(timeouts=ServerTimeouts(keepalive=0.3))
+    port = await launch(gateways, [upstream_to("echo", echo_port)], server=server)
+    reader, writer = await asyncio.open_connection(LOCAL, port)
+    writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 200")
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    await reader.readexactly(length)
+    # Kept alive after the response, then closed by the server once idle for `keepalive`.
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+    await writer.wait_closed()
