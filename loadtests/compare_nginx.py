@@ -159,8 +159,8 @@ def run_wrk(port: int, duration: int, connections: int) -> WrkResult:
         check=True,
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
-    p50 = _latency_ms(re.search(r"50%\s+(\S+)", output).group(1))  # type: ignore[union-attr]
-    p99 = _latency_ms(re.search(r"99%\s+(\S+)", output).group(1))  # type: ignore[union-attr]
+    p50 = _latency_ms(re.search(r"^\s+50%\s+(\S+)", output, re.M).group(1))  # type: ignore[union-attr]
+    p99 = _latency_ms(re.search(r"^\s+99%\s+(\S+)", output, re.M).group(1))  # type: ignore[union-attr]
     errors = 0
     for pattern in (r"Non-2xx or 3xx responses: (\d+)", r"Socket errors: .*?(\d+) timeout"):
         found = re.search(pattern, output)
