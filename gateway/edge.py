@@ -7,7 +7,7 @@ missing, repeated or malformed Host, and oversize header blocks.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 
 from aiohttp.http_exceptions import HttpProcessingError
@@ -183,7 +183,7 @@ def build_request(
         )
     else:
         client_ip = head.peer_ip
-    request_id = _request_id(fields)
+    request_id = request_id_from(fields)
     expect_continue = False
     if head.version == (1, 1):
         for name, value in fields:
@@ -215,7 +215,8 @@ def build_request(
     )
 
 
-def _request_id(fields: Headers) -> str:
+def request_id_from(fields: Sequence[tuple[bytes, bytes]]) -> str:
+    """The client's X-Request-ID when it is well formed, else a fresh one."""
     for name, value in fields:
         if name.lower() == b"x-request-id":
             if header_rules.is_valid_request_id(value):

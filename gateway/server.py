@@ -20,7 +20,7 @@ from multidict import CIMultiDict
 
 from gateway import headers as header_rules
 from gateway.config.model import ServerConfig
-from gateway.edge import RequestHead, build_request
+from gateway.edge import RequestHead, build_request, request_id_from
 from gateway.errors import (
     BadRequest,
     GatewayError,
@@ -180,7 +180,10 @@ class Dispatcher:
             )
             proxy_response = await runtime.handlers[route.name](proxy_request)
         except GatewayError as error:
-            request_id = proxy_request.request_id if proxy_request else _fallback_id(head)
+            if proxy_request is not None:
+                request_id = proxy_request.request_id
+            else:
+                request_id = request_id_from(head.raw_headers)
             response: web.StreamResponse = error_response(error, request_id, close=close)
             self._log(head, proxy_request, route_name, response.status, started)
             return response
@@ -246,13 +249,6 @@ class Dispatcher:
             request_id=proxy_request.request_id if proxy_request else "-",
             duration=perf_counter() - started,
         )
-
-
-def _fallback_id(head: RequestHead) -> str:
-    for name, value in head.raw_headers:
-        if name.lower() == b"x-request-id" and header_rules.is_valid_request_id(value):
-            return value.decode("ascii")
-    return header_rules.new_request_id()
 
 
 def _informational_sender(
