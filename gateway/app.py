@@ -64,8 +64,13 @@ class RunningGateway:
 def _bind(address: ListenAddress) -> socket.socket:
     family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((address.host, address.port))
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((address.host, address.port))
+    except OSError as error:
+        sock.close()
+        problem = f"server.listen: cannot listen on {address}: {error.strerror}"
+        raise StartupError(problem) from error
     sock.setblocking(False)
     return sock
 
@@ -82,7 +87,14 @@ async def start(config: GatewayConfig) -> RunningGateway:
     listener = await loop.create_server(server, sock=sock, backlog=1024)
     bound = sock.getsockname()
     admin_state = AdminState()
-    admin, admin_address = await start_admin(config.admin, admin_state)
+    try:
+        admin, admin_address = await start_admin(config.admin, admin_state)
+    except OSError as error:
+        listener.close()
+        await runtime.close()
+        raise StartupError(
+            f"admin.listen: cannot listen on {config.admin.listen}: {error.strerror}"
+        ) from error
     log.info(
         "listening",
         address=f"{bound[0]}:{bound[1]}",

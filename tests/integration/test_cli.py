@@ -118,3 +118,26 @@ def test_json_error_body_shape_is_stable() -> None:
         "message": "nope",
         "request_id": "rid",
     }
+
+
+def test_a_busy_port_is_a_clear_startup_error(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind((LOCAL, 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "gateway.yaml"
+        config.write_text(
+            textwrap.dedent(
+                f"""\
+                server: {{ listen: "127.0.0.1:{port}" }}
+                admin: {{ listen: "127.0.0.1:0" }}
+                upstreams:
+                  app: {{ targets: ["http://127.0.0.1:9"] }}
+                routes:
+                  - {{ name: all, upstream: app }}
+                """
+            )
+        )
+        result = run_cli("run", "--config", str(config))
+    assert result.returncode == 1
+    assert f"server.listen: cannot listen on 127.0.0.1:{port}" in result.stderr
