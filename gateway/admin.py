@@ -1,42 +1,86 @@
-"""The admin listener: health endpoints, never on the public port (DESIGN.md §3).
+"""The admin listener: health, readiness, metrics and the active config; never the public port.
 
 `/healthz` says the process is alive; `/readyz` turns 503 while the gateway drains so a load
-balancer stops sending new connections before the listener closes.
+balancer stops sending new connections before the listener closes; `/metrics` is the Prometheus
+exposition of every worker; `/config` shows the active config's hash and route table with
+secrets redacted. When `admin.token` is set, every mutating request (any method but GET and HEAD)
+needs `Authorization: Bearer <token>`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hmac
+from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from gateway.config.model import AdminConfig
+from gateway.observability import metrics
+
+_SAFE_METHODS = frozenset({"GET", "HEAD"})
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-@dataclass
-class AdminState:
-    draining: bool = False
+class AdminSource(Protocol):
+    """What the process serving the admin endpoints knows about the gateway."""
+
+    def ready(self) -> tuple[bool, dict[str, object]]: ...
+
+    def config_view(self) -> dict[str, object]: ...
 
 
-def admin_app(state: AdminState) -> web.Application:
+def _token_guard(token: str | None) -> Middleware:
+    expected = f"Bearer {token}".encode() if token else None
+
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if expected is not None and request.method not in _SAFE_METHODS:
+            given = request.headers.get("Authorization", "").encode()
+            # Constant-time comparison: the token must not leak through response timing.
+            if not hmac.compare_digest(given, expected):
+                return web.json_response(
+                    {"error": "unauthorized", "message": "a valid admin bearer token is required"},
+                    status=401,
+                    headers={"WWW-Authenticate": 'Bearer realm="gateway-admin"'},
+                )
+        return await handler(request)
+
+    return guard
+
+
+def admin_app(config: AdminConfig, source: AdminSource) -> web.Application:
     async def healthz(_: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
 
     async def readyz(_: web.Request) -> web.Response:
-        if state.draining:
-            return web.json_response({"status": "draining"}, status=503)
-        return web.json_response({"status": "ready"})
+        ready, details = source.ready()
+        body = {"status": "ready" if ready else "not_ready", **details}
+        return web.json_response(body, status=200 if ready else 503)
 
-    app = web.Application()
+    async def metrics_text(_: web.Request) -> web.Response:
+        payload, content_type = metrics.render()
+        response = web.Response(body=payload)
+        response.headers["Content-Type"] = content_type
+        return response
+
+    async def config_view(_: web.Request) -> web.Response:
+        return web.json_response(source.config_view())
+
+    app = web.Application(middlewares=[_token_guard(config.token)])
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/metrics", metrics_text)
+    app.router.add_get("/config", config_view)
     return app
 
 
 async def start_admin(
-    config: AdminConfig, state: AdminState
+    config: AdminConfig, source: AdminSource
 ) -> tuple[web.AppRunner, tuple[str, int]]:
-    runner = web.AppRunner(admin_app(state), access_log=None, handle_signals=False)
+    runner = web.AppRunner(admin_app(config, source), access_log=None, handle_signals=False)
     await runner.setup()
     await web.TCPSite(runner, config.listen.host, config.listen.port).start()
     bound = runner.addresses[0]

@@ -1,8 +1,13 @@
-"""Composition root: build the runtime from a config, serve it, drain on SIGTERM."""
+"""Composition root: build the runtime from a config, serve it, reload it, drain on SIGTERM.
+
+`start` serves one config in this process. `gateway run` puts one such process per worker under
+`gateway.supervisor`; the demo and the in-process tests call `start`/`serve` directly.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -11,13 +16,19 @@ from dataclasses import dataclass, field
 
 from aiohttp import http_parser, web
 
-from gateway.admin import AdminState, start_admin
+from gateway.admin import start_admin
 from gateway.config.model import GatewayConfig, ListenAddress
-from gateway.observability.access_log import AccessLog, get_logger
+from gateway.observability import metrics
+from gateway.observability.access_log import AccessLog
+from gateway.observability.logging import get_logger
 from gateway.runtime import Runtime
 from gateway.server import Dispatcher, GatewayServer
+from gateway.upstream.pool import UpstreamPool
 
 log = get_logger("gateway")
+
+# How often the state gauges (connections, in-flight, pool sizes) are sampled.
+_SAMPLE_INTERVAL = 1.0
 
 
 class StartupError(Exception):
@@ -38,34 +49,79 @@ def require_c_parser() -> None:
 
 @dataclass
 class RunningGateway:
-    """A started gateway: its bound addresses and the means to stop it."""
+    """A started gateway: its bound addresses and the means to reload and stop it."""
 
     dispatcher: Dispatcher
     server: GatewayServer
     listener: asyncio.Server
-    admin: web.AppRunner
-    admin_state: AdminState
+    admin: web.AppRunner | None
     address: tuple[str, int]
-    admin_address: tuple[str, int]
+    admin_address: tuple[str, int] | None
+    sampler: asyncio.Task[None]
+    draining: bool = False
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
+    _retiring: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @property
+    def config(self) -> GatewayConfig:
+        return self.dispatcher.runtime.config
+
+    def reload(self, config: GatewayConfig) -> None:
+        """Serve ``config`` from now on; requests in flight finish on the config they began with.
+
+        Routes, pools and chains change together (one reference swap). Pools the new config does
+        not carry over close their idle connections now and busy ones when their response ends.
+        Listener and admin addresses are not changed by a reload.
+        """
+        old = self.dispatcher.runtime
+        new = Runtime.build(config, self.dispatcher.metrics, previous=old)
+        self.dispatcher.swap(new)
+        retired = old.pools_to_retire(new)
+        if retired:
+            task = asyncio.get_running_loop().create_task(_close_pools(retired))
+            self._retiring.add(task)
+            task.add_done_callback(self._retiring.discard)
+
+    def ready(self) -> tuple[bool, dict[str, object]]:
+        return not self.draining, {"draining": self.draining}
+
+    def config_view(self) -> dict[str, object]:
+        from gateway.config.describe import config_hash, redacted_view
+
+        config = self.config
+        return {"hash": config_hash(config), **redacted_view(config)}
 
     async def drain(self, grace: float) -> None:
         """Stop accepting, finish in-flight requests within ``grace`` seconds, close the rest."""
-        self.admin_state.draining = True
+        self.draining = True
         self.dispatcher.draining = True
         self.listener.close()
         # Idle keep-alive connections close at once; busy ones after their response.
         await self.server.shutdown(grace)
+        self.sampler.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.sampler
         await self.dispatcher.runtime.close()
-        await self.admin.cleanup()
+        for task in list(self._retiring):
+            await task
+        if self.admin is not None:
+            await self.admin.cleanup()
         self.stopped.set()
 
 
-def _bind(address: ListenAddress) -> socket.socket:
+async def _close_pools(pools: list[UpstreamPool]) -> None:
+    for pool in pools:
+        await pool.close()
+
+
+def _bind(address: ListenAddress, reuse_port: bool) -> socket.socket:
     family = socket.AF_INET6 if ":" in address.host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            # Workers each bind the same port; the kernel spreads new connections over them.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.bind((address.host, address.port))
     except OSError as error:
         sock.close()
@@ -75,42 +131,64 @@ def _bind(address: ListenAddress) -> socket.socket:
     return sock
 
 
-async def start(config: GatewayConfig) -> RunningGateway:
-    """Bind the public and admin listeners and start serving ``config``."""
+async def _sample_gauges(sampler: metrics.GaugeSampler) -> None:
+    while True:
+        sampler.sample()
+        await asyncio.sleep(_SAMPLE_INTERVAL)
+
+
+async def start(
+    config: GatewayConfig, *, reuse_port: bool = False, admin: bool = True
+) -> RunningGateway:
+    """Bind the public listener (and, unless ``admin`` is False, the admin one) and serve."""
     require_c_parser()
     loop = asyncio.get_running_loop()
-    runtime = Runtime.build(config)
+    request_metrics = metrics.RequestMetrics()
+    metrics.mark_build_info()
+    runtime = Runtime.build(config, request_metrics)
     access_log = AccessLog() if config.logging.access_log else None
-    dispatcher = Dispatcher(runtime, access_log)
+    dispatcher = Dispatcher(runtime, access_log, request_metrics)
     server = GatewayServer(dispatcher, config.server)
-    sock = _bind(config.server.listen)
+    sock = _bind(config.server.listen, reuse_port)
     listener = await loop.create_server(server, sock=sock, backlog=1024)
     bound = sock.getsockname()
-    admin_state = AdminState()
-    try:
-        admin, admin_address = await start_admin(config.admin, admin_state)
-    except OSError as error:
-        listener.close()
-        await runtime.close()
-        raise StartupError(
-            f"admin.listen: cannot listen on {config.admin.listen}: {error.strerror}"
-        ) from error
-    log.info(
-        "listening",
-        address=f"{bound[0]}:{bound[1]}",
-        admin=f"{admin_address[0]}:{admin_address[1]}",
-        routes=len(config.routes),
-        upstreams=len(config.upstreams),
+    sampler = metrics.GaugeSampler(
+        inflight=lambda: dispatcher.inflight,
+        connections=lambda: len(server.connections),
+        pools=lambda: (
+            (name, pool.open_connections, pool.idle_connections)
+            for name, pool in dispatcher.runtime.pools.items()
+        ),
     )
-    return RunningGateway(
+    gateway = RunningGateway(
         dispatcher=dispatcher,
         server=server,
         listener=listener,
-        admin=admin,
-        admin_state=admin_state,
+        admin=None,
         address=(bound[0], bound[1]),
-        admin_address=admin_address,
+        admin_address=None,
+        sampler=loop.create_task(_sample_gauges(sampler)),
     )
+    if admin:
+        try:
+            gateway.admin, gateway.admin_address = await start_admin(config.admin, gateway)
+        except OSError as error:
+            await gateway.drain(0)
+            raise StartupError(
+                f"admin.listen: cannot listen on {config.admin.listen}: {error.strerror}"
+            ) from error
+    log.info(
+        "listening",
+        address=f"{bound[0]}:{bound[1]}",
+        admin=(
+            f"{gateway.admin_address[0]}:{gateway.admin_address[1]}"
+            if gateway.admin_address
+            else None
+        ),
+        routes=len(config.routes),
+        upstreams=len(config.upstreams),
+    )
+    return gateway
 
 
 async def serve(

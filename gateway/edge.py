@@ -7,7 +7,7 @@ missing, repeated or malformed Host, and oversize header blocks.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from aiohttp.http_exceptions import HttpProcessingError
@@ -17,6 +17,7 @@ from gateway import headers as header_rules
 from gateway.config.model import IPNetwork, ServerConfig
 from gateway.errors import BadRequest, HeadersTooLarge, PayloadTooLarge
 from gateway.messages import Headers, ProxyRequest
+from gateway.tracing import apply_trace_context
 
 _SUPPORTED_VERSIONS = frozenset({(1, 0), (1, 1)})
 _ABSOLUTE_PREFIXES = (("http://", "http"), ("https://", "https"))
@@ -141,26 +142,37 @@ def _has_dot_segment(path: str) -> bool:
     return any(segment in (".", "..") for segment in segments)
 
 
-async def limited_body(content: StreamReader, limit: int) -> AsyncIterator[bytes]:
-    """Yield the client's body as it arrives, failing with 413 once it exceeds ``limit``.
+class RequestBody:
+    """The client's body as it arrives, failing with 413 once it exceeds ``limit``.
 
     The limit is enforced on the stream (aiohttp's client_max_size only guards read()), so a
-    chunked upload cannot grow past it no matter how it is framed.
+    chunked upload cannot grow past it however it is framed. ``received`` counts the bytes for
+    the access log.
     """
-    received = 0
-    while True:
+
+    __slots__ = ("_content", "_limit", "received")
+
+    def __init__(self, content: StreamReader, limit: int) -> None:
+        self._content = content
+        self._limit = limit
+        self.received = 0
+
+    def __aiter__(self) -> RequestBody:
+        return self
+
+    async def __anext__(self) -> bytes:
         try:
-            chunk = await content.readany()
+            chunk = await self._content.readany()
         except HttpProcessingError as error:
             # Broken chunked framing or a body shorter than its Content-Length (RFC 9112 §6.3):
             # the connection's framing is lost, so answer 400 and close it.
             raise BadRequest(f"malformed request body: {error.message}") from error
         if not chunk:
-            return
-        received += len(chunk)
-        if received > limit:
-            raise PayloadTooLarge(f"request body exceeds {limit} bytes")
-        yield chunk
+            raise StopAsyncIteration
+        self.received += len(chunk)
+        if self.received > self._limit:
+            raise PayloadTooLarge(f"request body exceeds {self._limit} bytes")
+        return chunk
 
 
 def build_request(
@@ -192,17 +204,19 @@ def build_request(
                 break
     body = None
     if has_body:
-        body = limited_body(content, settings.max_body)
+        body = RequestBody(content, settings.max_body)
     elif content_length:
         # A declared length aiohttp did not give a stream for cannot happen; be explicit.
         raise BadRequest("request body framing is inconsistent")
+    end_to_end = header_rules.strip_hop_by_hop(fields)
+    trace = apply_trace_context(end_to_end)
     return ProxyRequest(
         method=head.method,
         target=target,
         path=path,
         host=host,
         authority=authority,
-        headers=header_rules.strip_hop_by_hop(fields),
+        headers=end_to_end,
         version=head.version,
         body=body,
         content_length=content_length,
@@ -212,6 +226,7 @@ def build_request(
         peer_trusted=peer_trusted,
         request_id=request_id,
         expect_continue=expect_continue,
+        trace_id=trace.trace_id,
     )
 
 

@@ -50,6 +50,8 @@ class ProxyRequest:
     expect_continue: bool = False
     # Set by the server adapter: relays an upstream interim response to the client.
     send_informational: InformationalCallback | None = None
+    # The W3C trace id this request carries upstream (generated when the client sent none).
+    trace_id: str = ""
 
 
 @dataclass(slots=True)
@@ -65,6 +67,9 @@ class ProxyResponse:
     content_length: int | None = None
     # Awaited once the response is finished or abandoned (returns the upstream connection).
     release: Callable[[], Awaitable[None]] | None = None
+    # The upstream that answered and the time to its response head, for logs and metrics.
+    upstream: str | None = None
+    upstream_seconds: float | None = None
 
 
 def header_values(headers: Headers, name: bytes) -> list[bytes]:

@@ -2,20 +2,37 @@
 
 from __future__ import annotations
 
+from time import perf_counter
+
 from gateway import headers as header_rules
 from gateway.config.model import RouteConfig
+from gateway.errors import BadGateway, GatewayError, GatewayTimeout, UpstreamBusy
 from gateway.messages import ProxyRequest, ProxyResponse
+from gateway.observability.metrics import RequestMetrics
 from gateway.routing import strip_prefix
 from gateway.upstream.pool import UpstreamPool
+
+
+def _error_kind(error: GatewayError) -> str:
+    """gateway_upstream_errors_total{kind} for what failed before the response head."""
+    if isinstance(error, GatewayTimeout):
+        return "timeout"
+    if isinstance(error, UpstreamBusy):
+        return "busy"
+    return "connect"
 
 
 class Forwarder:
     """Rewrites the head for the upstream (RFC 9110 §7.6), sends it, and relays the answer."""
 
-    __slots__ = ("_pool", "_prefix", "_via_by_version", "_via_response")
+    __slots__ = ("_metrics", "_pool", "_prefix", "_upstream", "_via_by_version", "_via_response")
 
-    def __init__(self, route: RouteConfig, pool: UpstreamPool, via_name: str) -> None:
+    def __init__(
+        self, route: RouteConfig, pool: UpstreamPool, via_name: str, metrics: RequestMetrics
+    ) -> None:
         self._pool = pool
+        self._upstream = route.upstream
+        self._metrics = metrics
         self._prefix = route.match.path_prefix if route.strip_prefix else None
         # RFC 9110 §7.6.3: Via names the protocol version each hop received the message with.
         self._via_by_version = {
@@ -38,16 +55,23 @@ class Forwarder:
             request_id=request_id,
             via=via_request,
         )
-        upstream = await self._pool.request(
-            request.method,
-            target,
-            fields,
-            request.authority,
-            request.body,
-            request.content_length,
-            expect_continue=request.expect_continue,
-            on_informational=request.send_informational,
-        )
+        sent = perf_counter()
+        try:
+            upstream = await self._pool.request(
+                request.method,
+                target,
+                fields,
+                request.authority,
+                request.body,
+                request.content_length,
+                expect_continue=request.expect_continue,
+                on_informational=request.send_informational,
+            )
+        except (BadGateway, GatewayTimeout, UpstreamBusy) as error:
+            self._metrics.upstream_failed(self._upstream, _error_kind(error))
+            raise
+        waited = perf_counter() - sent
+        self._metrics.upstream_answered(self._upstream, waited)
         try:
             fields = header_rules.downstream_response_headers(
                 upstream.headers, request_id=request_id, via=self._via_response
@@ -63,4 +87,6 @@ class Forwarder:
             body=upstream.body,
             content_length=upstream.content_length,
             release=upstream.release,
+            upstream=self._upstream,
+            upstream_seconds=waited,
         )

@@ -1,7 +1,8 @@
 """Everything built from one config: router, upstream pools and each route's chain.
 
-A `Runtime` is immutable once built. Reloads build a new one and swap it in; requests in flight
-finish on the runtime they started with, and the old pools drain and close.
+A `Runtime` is immutable once built. A reload builds a new one and swaps it in; requests in
+flight finish on the runtime they started with. Pools whose upstream config did not change are
+carried over with their warm connections; the others drain and close.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from gateway.chain import Handler, compose
 from gateway.config.model import GatewayConfig
 from gateway.edge import EdgeSettings
 from gateway.headers import via_value
+from gateway.observability.metrics import RequestMetrics
 from gateway.proxy import Forwarder
 from gateway.routing import Router
 from gateway.upstream.pool import UpstreamPool
@@ -30,11 +32,20 @@ class Runtime:
     via_response: bytes
 
     @classmethod
-    def build(cls, config: GatewayConfig) -> Runtime:
-        pools = {upstream.name: UpstreamPool(upstream) for upstream in config.upstreams}
+    def build(
+        cls, config: GatewayConfig, metrics: RequestMetrics, previous: Runtime | None = None
+    ) -> Runtime:
+        pools: dict[str, UpstreamPool] = {}
+        for upstream in config.upstreams:
+            kept = previous.pools.get(upstream.name) if previous is not None else None
+            if kept is not None and previous is not None:
+                if previous.config.upstream(upstream.name) == upstream:
+                    pools[upstream.name] = kept
+                    continue
+            pools[upstream.name] = UpstreamPool(upstream)
         handlers: dict[str, Handler] = {}
         for route in config.routes:
-            forward = Forwarder(route, pools[route.upstream], config.server.via_name)
+            forward = Forwarder(route, pools[route.upstream], config.server.via_name, metrics)
             # Later issues add rate limit, cache and compression stages here, per route.
             handlers[route.name] = compose((), forward)
         return cls(
@@ -45,6 +56,11 @@ class Runtime:
             handlers=MappingProxyType(handlers),
             via_response=via_value((1, 1), config.server.via_name),
         )
+
+    def pools_to_retire(self, successor: Runtime) -> list[UpstreamPool]:
+        """The pools of this runtime that ``successor`` does not carry over."""
+        kept = {id(pool) for pool in successor.pools.values()}
+        return [pool for pool in self.pools.values() if id(pool) not in kept]
 
     async def close(self) -> None:
         for pool in self.pools.values():

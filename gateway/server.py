@@ -20,7 +20,7 @@ from multidict import CIMultiDict
 
 from gateway import headers as header_rules
 from gateway.config.model import ServerConfig
-from gateway.edge import RequestHead, build_request, request_id_from
+from gateway.edge import RequestBody, RequestHead, build_request, request_id_from
 from gateway.errors import (
     BadRequest,
     GatewayError,
@@ -32,6 +32,7 @@ from gateway.errors import (
 )
 from gateway.messages import Headers, ProxyRequest, ProxyResponse
 from gateway.observability.access_log import AccessLog
+from gateway.observability.metrics import UNMATCHED, RequestMetrics
 from gateway.runtime import Runtime
 from gateway.upstream.response import ResponseBody
 
@@ -131,12 +132,16 @@ class ForwardedResponse(web.StreamResponse):
 
 
 class Dispatcher:
-    """The request handler: edge checks, routing, the route's chain, the response, the log."""
+    """The request handler: edge checks, routing, the route's chain, the response, logs, metrics."""
 
-    def __init__(self, runtime: Runtime, access_log: AccessLog | None) -> None:
+    def __init__(
+        self, runtime: Runtime, access_log: AccessLog | None, metrics: RequestMetrics
+    ) -> None:
         self.runtime = runtime
         self.access_log = access_log
+        self.metrics = metrics
         self.draining = False
+        self.inflight = 0
 
     def swap(self, runtime: Runtime) -> Runtime:
         """Serve new requests from ``runtime``; in-flight ones finish on the old one."""
@@ -145,8 +150,7 @@ class Dispatcher:
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         runtime = self.runtime
-        # Not loop.time(): uvloop's clock has millisecond resolution.
-        started = perf_counter() if self.access_log is not None else 0.0
+        started = perf_counter()
         protocol = request.protocol
         assert isinstance(protocol, GatewayProtocol)
         protocol.requests_served += 1
@@ -159,42 +163,59 @@ class Dispatcher:
             raw_headers=message.raw_headers,
             peer_ip=protocol.peer_ip,
         )
-        route_name = "-"
+        route_name = UNMATCHED
         proxy_request: ProxyRequest | None = None
+        proxy_response: ProxyResponse | None = None
+        bytes_out = 0
+        self.inflight += 1
         try:
-            proxy_request = build_request(
-                head,
-                runtime.edge,
-                request.content,
-                request.content_length,
-                request.body_exists,
-            )
-            route = runtime.router.match(
-                proxy_request.host, proxy_request.path, proxy_request.method, proxy_request.headers
-            )
-            if route is None:
-                raise RouteNotFound("no route matches this request")
-            route_name = route.name
-            proxy_request.send_informational = _informational_sender(
-                request, proxy_request, runtime.via_response
-            )
-            proxy_response = await runtime.handlers[route.name](proxy_request)
-        except GatewayError as error:
-            if proxy_request is not None:
-                request_id = proxy_request.request_id
+            try:
+                proxy_request = build_request(
+                    head,
+                    runtime.edge,
+                    request.content,
+                    request.content_length,
+                    request.body_exists,
+                )
+                route = runtime.router.match(
+                    proxy_request.host,
+                    proxy_request.path,
+                    proxy_request.method,
+                    proxy_request.headers,
+                )
+                if route is None:
+                    raise RouteNotFound("no route matches this request")
+                route_name = route.name
+                proxy_request.send_informational = _informational_sender(
+                    request, proxy_request, runtime.via_response
+                )
+                proxy_response = await runtime.handlers[route.name](proxy_request)
+            except GatewayError as error:
+                if proxy_request is not None:
+                    request_id = proxy_request.request_id
+                else:
+                    request_id = request_id_from(head.raw_headers)
+                response: web.StreamResponse = error_response(error, request_id, close=close)
             else:
-                request_id = request_id_from(head.raw_headers)
-            response: web.StreamResponse = error_response(error, request_id, close=close)
-            self._log(head, proxy_request, route_name, response.status, started)
-            return response
-        # A drain that began while the upstream was answering also closes this connection.
-        response = await self._relay(request, proxy_response, close or self.draining)
-        self._log(head, proxy_request, route_name, response.status, started)
+                # A drain that began while the upstream was answering also closes this
+                # connection.
+                response, bytes_out = await self._relay(
+                    request, proxy_response, close or self.draining
+                )
+        finally:
+            self.inflight -= 1
+        duration = perf_counter() - started
+        self.metrics.request_done(route_name, head.method, response.status, duration)
+        if self.access_log is not None:
+            self._log(
+                head, proxy_request, proxy_response, route_name, response, bytes_out, duration
+            )
         return response
 
     async def _relay(
         self, request: web.BaseRequest, upstream: ProxyResponse, close: bool
-    ) -> web.StreamResponse:
+    ) -> tuple[web.StreamResponse, int]:
+        """Write the upstream's response to the client; return it and the body bytes sent."""
         fields = CIMultiDict(
             (name.decode("latin-1"), value.decode("latin-1")) for name, value in upstream.headers
         )
@@ -212,6 +233,7 @@ class Dispatcher:
             close = True
         if close:
             response.force_close()
+        sent = 0
         try:
             writer = await response.prepare(request)
             body = upstream.body
@@ -221,33 +243,57 @@ class Dispatcher:
                     writer.send_headers()
                 async for chunk in body:
                     await response.write(chunk)
+                    sent += len(chunk)
         except (UpstreamAborted, GatewayError):
             # The status line is out: a second response is impossible, and a clean end would
             # tell the client a truncated body is complete. Abort the connection instead.
+            if upstream.upstream is not None:
+                self.metrics.upstream_failed(upstream.upstream, "aborted")
             request.protocol.force_close()
         finally:
             if upstream.release is not None:
                 await upstream.release()
-        return response
+        return response, sent
 
     def _log(
         self,
         head: RequestHead,
         proxy_request: ProxyRequest | None,
+        proxy_response: ProxyResponse | None,
         route: str,
-        status: int,
-        started: float,
+        response: web.StreamResponse,
+        bytes_out: int,
+        duration: float,
     ) -> None:
-        if self.access_log is None:
-            return
+        assert self.access_log is not None
+        if proxy_request is not None:
+            request_id = proxy_request.request_id
+            client_ip = proxy_request.client_ip
+            path = proxy_request.path
+            trace_id: str | None = proxy_request.trace_id
+            body = proxy_request.body
+            bytes_in = body.received if isinstance(body, RequestBody) else 0
+        else:
+            request_id = response.headers.get("X-Request-ID", "-")
+            client_ip = head.peer_ip
+            path = head.raw_target.split("?", 1)[0]
+            trace_id = None
+            bytes_in = 0
+        if isinstance(response, ErrorResponse) and response.body is not None:
+            bytes_out = len(response.body) if isinstance(response.body, bytes) else 0
         self.access_log.record(
+            request_id=request_id,
+            client_ip=client_ip,
             method=head.method,
-            target=head.raw_target,
-            status=status,
+            path=path,
             route=route,
-            client_ip=proxy_request.client_ip if proxy_request else head.peer_ip,
-            request_id=proxy_request.request_id if proxy_request else "-",
-            duration=perf_counter() - started,
+            upstream=proxy_response.upstream if proxy_response else None,
+            status=response.status,
+            bytes_in=bytes_in,
+            bytes_out=bytes_out,
+            duration=duration,
+            upstream_seconds=proxy_response.upstream_seconds if proxy_response else None,
+            trace_id=trace_id,
         )
 
 

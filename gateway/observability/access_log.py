@@ -1,64 +1,51 @@
-"""JSON log lines on stdout via structlog: the gateway's own events and one line per request."""
+"""One JSON line per request (issue 3's access line), through the non-blocking log writer."""
 
 from __future__ import annotations
 
-import logging
-import sys
 from typing import Any
 
-import structlog
+# Re-exported for callers written against the first version of this module.
+from gateway.observability.logging import configure_logging, get_logger
 
-from gateway.config.model import LoggingConfig
-
-
-def configure_logging(config: LoggingConfig) -> None:
-    """JSON lines on stdout (DESIGN.md §3), filtered at the configured level."""
-    level = logging.getLevelNamesMapping()[config.level.upper()]
-    structlog.configure(
-        processors=[
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
-            structlog.processors.format_exc_info,
-            structlog.processors.JSONRenderer(),
-        ],
-        wrapper_class=structlog.make_filtering_bound_logger(level),
-        logger_factory=structlog.WriteLoggerFactory(file=sys.stdout),
-        cache_logger_on_first_use=True,
-    )
-    # aiohttp and asyncio log through the standard library: route them to the same stream.
-    logging.basicConfig(level=level, stream=sys.stdout, format="%(message)s", force=True)
-
-
-def get_logger(name: str) -> Any:
-    return structlog.get_logger(name)
+__all__ = ["AccessLog", "configure_logging", "get_logger"]
 
 
 class AccessLog:
-    """One JSON line per request."""
+    """Writes the access line; the keys are a contract with whoever parses the logs."""
 
-    __slots__ = ("_logger",)
+    __slots__ = ("_info",)
 
     def __init__(self) -> None:
-        self._logger = structlog.get_logger("access")
+        self._info: Any = get_logger("access").info
 
     def record(
         self,
         *,
-        method: str,
-        target: str,
-        status: int,
-        route: str,
-        client_ip: str,
         request_id: str,
+        client_ip: str,
+        method: str,
+        path: str,
+        route: str,
+        upstream: str | None,
+        status: int,
+        bytes_in: int,
+        bytes_out: int,
         duration: float,
+        upstream_seconds: float | None,
+        trace_id: str | None,
     ) -> None:
-        self._logger.info(
-            "request",
-            method=method,
-            target=target,
-            status=status,
-            route=route,
-            client_ip=client_ip,
+        self._info(
+            "access",
             request_id=request_id,
+            client_ip=client_ip,
+            method=method,
+            path=path,
+            route=route,
+            upstream=upstream,
+            status=status,
+            bytes_in=bytes_in,
+            bytes_out=bytes_out,
             duration_ms=round(duration * 1000, 3),
+            upstream_ms=None if upstream_seconds is None else round(upstream_seconds * 1000, 3),
+            trace_id=trace_id,
         )

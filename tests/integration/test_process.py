@@ -105,10 +105,23 @@ async def test_admin_health_endpoints_and_access_log(tmp_path: Path) -> None:
         lines = [json.loads(line) for line in log_path.read_text().splitlines() if "{" in line]
         access = [line for line in lines if line.get("request_id") == "log-me"]
         assert len(access) == 1
-        assert access[0]["status"] == 404
-        assert access[0]["route"] == "all"
-        assert access[0]["target"] == "/healthz"
-        assert access[0]["duration_ms"] >= 0
+        line = access[0]
+        assert set(line) >= {
+            "timestamp", "event", "request_id", "client_ip", "method", "path", "route",
+            "upstream", "status", "bytes_in", "bytes_out", "duration_ms", "upstream_ms",
+            "trace_id",
+        }  # fmt: skip
+        assert line["event"] == "access"
+        assert line["status"] == 404
+        assert line["route"] == "all"
+        assert line["upstream"] == "app"
+        assert line["path"] == "/healthz"
+        assert line["method"] == "GET"
+        assert line["client_ip"] == "127.0.0.1"
+        assert line["bytes_in"] == 0
+        assert line["bytes_out"] > 0
+        assert line["duration_ms"] >= line["upstream_ms"] >= 0
+        assert len(line["trace_id"]) == 32
 
 
 def test_refuses_to_start_without_the_c_parser(tmp_path: Path) -> None:

@@ -1,0 +1,135 @@
+"""JSON log lines on stdout via structlog, written off the event loop.
+
+A write to stdout blocks when whatever reads it (a terminal, a pipe to a log shipper) is slow;
+on the event loop that would stall every request of the worker. Lines are therefore put on a
+bounded queue that a writer thread drains in batches. When the queue is full the line is dropped
+and counted (`gateway_access_log_dropped_total`): losing a log line under overload beats losing
+latency for every request.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import sys
+import threading
+from typing import Any, TextIO
+
+import structlog
+
+from gateway.config.model import LoggingConfig
+
+_QUEUE_LINES = 10_000
+_BATCH = 512
+
+
+class LineWriter:
+    """A bounded queue of lines and the thread that writes them to a stream."""
+
+    def __init__(self, stream: TextIO, max_lines: int = _QUEUE_LINES) -> None:
+        self._stream = stream
+        self._queue: queue.Queue[str | None] = queue.Queue(maxsize=max_lines)
+        self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
+        self._thread.start()
+
+    def write(self, line: str) -> None:
+        try:
+            self._queue.put_nowait(line)
+        except queue.Full:
+            from gateway.observability.metrics import ACCESS_LOG_DROPPED
+
+            ACCESS_LOG_DROPPED.inc()
+
+    def flush(self, timeout: float = 5.0) -> None:
+        """Write what is queued and stop the thread (at exit)."""
+        if not self._thread.is_alive():
+            return
+        try:
+            self._queue.put(None, timeout=timeout)
+        except queue.Full:
+            return
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        get = self._queue.get
+        get_nowait = self._queue.get_nowait
+        while True:
+            line = get()
+            if line is None:
+                self._stream.flush()
+                return
+            batch = [line]
+            stop = False
+            while len(batch) < _BATCH:
+                try:
+                    more = get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stop = True
+                    break
+                batch.append(more)
+            try:
+                self._stream.write("\n".join(batch) + "\n")
+                self._stream.flush()
+            except (OSError, ValueError):
+                return  # stdout is gone: nothing left to log to
+            if stop:
+                return
+
+
+class _QueueLogger:
+    """The structlog logger at the end of the chain: hands the rendered line to the writer."""
+
+    def __init__(self, writer: LineWriter) -> None:
+        self._write = writer.write
+
+    def msg(self, message: str) -> None:
+        self._write(message)
+
+    debug = info = warning = warn = error = critical = exception = fatal = log = msg
+
+
+_writer: LineWriter | None = None
+
+
+def configure_logging(config: LoggingConfig, stream: TextIO | None = None) -> None:
+    """JSON lines on ``stream`` (stdout), filtered at the configured level."""
+    global _writer
+    if _writer is not None:
+        _writer.flush()
+    writer = _writer = LineWriter(stream or sys.stdout)
+    level = logging.getLevelNamesMapping()[config.level.upper()]
+    structlog.configure(
+        processors=[
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            structlog.processors.JSONRenderer(),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        logger_factory=lambda *_: _QueueLogger(writer),
+        cache_logger_on_first_use=True,
+    )
+    # aiohttp and asyncio log through the standard library: send them down the same path.
+    handler = logging.Handler(level)
+    handler.emit = _stdlib_emit  # type: ignore[method-assign]
+    logging.basicConfig(level=level, handlers=[handler], force=True)
+
+
+def _stdlib_emit(record: logging.LogRecord) -> None:
+    get_logger(record.name).log(
+        record.levelno,
+        record.getMessage(),
+        exc_info=record.exc_info if record.exc_info else None,
+    )
+
+
+def flush_logging() -> None:
+    """Write every queued line; call before the process exits."""
+    if _writer is not None:
+        _writer.flush()
+
+
+def get_logger(name: str) -> Any:
+    return structlog.get_logger(name)

@@ -1,0 +1,202 @@
+"""Prometheus metrics, aggregated over every worker process.
+
+With several workers, `PROMETHEUS_MULTIPROC_DIR` is set by the supervisor before any worker
+starts, and prometheus-client keeps each process's values in memory-mapped files there; the admin
+endpoint sums them (prometheus-client's multiprocess mode). Without it (one process, tests) the
+default registry is used. Labels stay low-cardinality: route and upstream names from the config,
+a fixed set of methods and status classes, never paths, hosts or addresses.
+
+Gauges that describe state (connections, in-flight requests, pool sizes) are sampled once a
+second by `GaugeSampler` instead of being updated per request: a per-request gauge write in
+multiprocess mode is a locked mmap write, paid twice per request for nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Callable, Iterable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+from gateway import __version__
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# Route label for requests no route matched (and for requests rejected before routing).
+UNMATCHED = "unmatched"
+
+# RFC 9110 §9 methods plus PATCH; anything else a client invents is "other".
+_KNOWN_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+)
+_STATUS_CLASS = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
+
+# Latency buckets from 1 ms to 30 s: a proxy's own latency sits in the low milliseconds, an
+# upstream's may reach the response timeout.
+_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+REQUESTS = Counter(
+    "gateway_requests_total",
+    "Requests answered, by route, method and status class.",
+    ["route", "method", "status_class"],
+)
+REQUEST_DURATION = Histogram(
+    "gateway_request_duration_seconds",
+    "Time from the complete request head to the end of the response, by route.",
+    ["route"],
+    buckets=_BUCKETS,
+)
+UPSTREAM_DURATION = Histogram(
+    "gateway_upstream_request_duration_seconds",
+    "Time from sending a request upstream to its response head, by upstream.",
+    ["upstream"],
+    buckets=_BUCKETS,
+)
+UPSTREAM_ERRORS = Counter(
+    "gateway_upstream_errors_total",
+    "Upstream failures by kind: connect (refused, reset, bad answer), timeout, busy (no pool "
+    "slot), aborted (failed after the response began).",
+    ["upstream", "kind"],
+)
+UPSTREAM_CONNECTIONS = Gauge(
+    "gateway_upstream_connections",
+    "Pooled upstream connections by state (active, idle), sampled each second.",
+    ["upstream", "state"],
+    multiprocess_mode="livesum",
+)
+INFLIGHT = Gauge(
+    "gateway_inflight_requests",
+    "Requests being handled, sampled each second.",
+    multiprocess_mode="livesum",
+)
+CONNECTIONS = Gauge(
+    "gateway_connections",
+    "Open client connections, sampled each second.",
+    multiprocess_mode="livesum",
+)
+CONFIG_RELOADS = Counter(
+    "gateway_config_reloads_total",
+    "Configuration reloads by result (success, error).",
+    ["result"],
+)
+WORKER_RESTARTS = Counter(
+    "gateway_worker_restarts_total",
+    "Worker processes restarted by the supervisor after they died.",
+)
+ACCESS_LOG_DROPPED = Counter(
+    "gateway_access_log_dropped_total",
+    "Log lines dropped because stdout could not keep up (the queue was full).",
+)
+BUILD_INFO = Gauge(
+    "gateway_build_info",
+    "Always 1; the labels carry the gateway and Python versions.",
+    ["version", "python"],
+    multiprocess_mode="max",
+)
+
+
+def method_label(method: str) -> str:
+    return method if method in _KNOWN_METHODS else "other"
+
+
+def status_class(status: int) -> str:
+    return _STATUS_CLASS.get(status // 100, "other")
+
+
+def mark_build_info() -> None:
+    BUILD_INFO.labels(__version__, platform.python_version()).set(1)
+
+
+def render() -> tuple[bytes, str]:
+    """The exposition text for /metrics: every worker's values when multiprocess is on."""
+    if os.environ.get(MULTIPROC_ENV):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+
+
+def mark_worker_dead(pid: int) -> None:
+    """Drop a dead worker's live gauges (its counters and histograms keep counting)."""
+    if os.environ.get(MULTIPROC_ENV):
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
+class RequestMetrics:
+    """Per-request observations with the labelled children cached (labels() takes a lock)."""
+
+    __slots__ = ("_durations", "_requests", "_upstream_durations", "_upstream_errors")
+
+    def __init__(self) -> None:
+        self._requests: dict[tuple[str, str, int], Callable[[], None]] = {}
+        self._durations: dict[str, Callable[[float], None]] = {}
+        self._upstream_durations: dict[str, Callable[[float], None]] = {}
+        self._upstream_errors: dict[tuple[str, str], Callable[[], None]] = {}
+
+    def request_done(self, route: str, method: str, status: int, seconds: float) -> None:
+        # Keyed by the method label, not the method: clients may send any token as a method.
+        method = method_label(method)
+        key = (route, method, status)
+        count = self._requests.get(key)
+        if count is None:
+            child = REQUESTS.labels(route, method, status_class(status))
+            count = self._requests[key] = child.inc
+        count()
+        observe = self._durations.get(route)
+        if observe is None:
+            observe = self._durations[route] = REQUEST_DURATION.labels(route).observe
+        observe(seconds)
+
+    def upstream_answered(self, upstream: str, seconds: float) -> None:
+        observe = self._upstream_durations.get(upstream)
+        if observe is None:
+            observe = UPSTREAM_DURATION.labels(upstream).observe
+            self._upstream_durations[upstream] = observe
+        observe(seconds)
+
+    def upstream_failed(self, upstream: str, kind: str) -> None:
+        count = self._upstream_errors.get((upstream, kind))
+        if count is None:
+            count = self._upstream_errors[(upstream, kind)] = UPSTREAM_ERRORS.labels(
+                upstream, kind
+            ).inc
+        count()
+
+
+class GaugeSampler:
+    """Sets the state gauges from counters the worker keeps anyway, once a second."""
+
+    def __init__(
+        self,
+        inflight: Callable[[], int],
+        connections: Callable[[], int],
+        pools: Callable[[], Iterable[tuple[str, int, int]]],
+    ) -> None:
+        self._inflight = inflight
+        self._connections = connections
+        self._pools = pools
+        self._seen: set[str] = set()
+
+    def sample(self) -> None:
+        INFLIGHT.set(self._inflight())
+        CONNECTIONS.set(self._connections())
+        current: set[str] = set()
+        for name, open_connections, idle in self._pools():
+            current.add(name)
+            UPSTREAM_CONNECTIONS.labels(name, "idle").set(idle)
+            UPSTREAM_CONNECTIONS.labels(name, "active").set(open_connections - idle)
+        for gone in self._seen - current:
+            # An upstream removed by a reload stops being reported.
+            UPSTREAM_CONNECTIONS.remove(gone, "idle")
+            UPSTREAM_CONNECTIONS.remove(gone, "active")
+        self._seen = current
