@@ -36,13 +36,16 @@ class Runtime:
         cls, config: GatewayConfig, metrics: RequestMetrics, previous: Runtime | None = None
     ) -> Runtime:
         pools: dict[str, UpstreamPool] = {}
+        old_pools = previous.pools if previous is not None else {}
+        old_upstreams = (
+            {u.name: u for u in previous.config.upstreams} if previous is not None else {}
+        )
         for upstream in config.upstreams:
-            kept = previous.pools.get(upstream.name) if previous is not None else None
-            if kept is not None and previous is not None:
-                if previous.config.upstream(upstream.name) == upstream:
-                    pools[upstream.name] = kept
-                    continue
-            pools[upstream.name] = UpstreamPool(upstream)
+            kept = old_pools.get(upstream.name)
+            if kept is not None and old_upstreams[upstream.name] == upstream:
+                pools[upstream.name] = kept
+            else:
+                pools[upstream.name] = UpstreamPool(upstream)
         handlers: dict[str, Handler] = {}
         for route in config.routes:
             forward = Forwarder(route, pools[route.upstream], config.server.via_name, metrics)

@@ -208,7 +208,13 @@ class Dispatcher:
         self.metrics.request_done(route_name, head.method, response.status, duration)
         if self.access_log is not None:
             self._log(
-                head, proxy_request, proxy_response, route_name, response, bytes_out, duration
+                head,
+                proxy_request=proxy_request,
+                proxy_response=proxy_response,
+                route=route_name,
+                response=response,
+                bytes_out=bytes_out,
+                duration=duration,
             )
         return response
 
@@ -258,6 +264,7 @@ class Dispatcher:
     def _log(
         self,
         head: RequestHead,
+        *,
         proxy_request: ProxyRequest | None,
         proxy_response: ProxyResponse | None,
         route: str,

@@ -104,7 +104,7 @@ async def test_method_label_stays_low_cardinality(
     )
     gateways.append(gateway)
     async with aiohttp.ClientSession() as client:
-        # llhttp only parses the methods it knows (HTTP, WebDAV, ...); these are not in the label set.
+        # llhttp parses only methods it knows (HTTP, WebDAV...); these get no label of their own.
         for method in ("PROPFIND", "MKCOL", "LOCK"):
             async with client.request(method, f"http://{LOCAL}:{gateway.address[1]}/") as r:
                 assert r.status == 200
