@@ -154,6 +154,12 @@ class _Group:
                 return route.config
         return None
 
+    def in_order(self) -> list[_Route]:
+        # `find`'s walk for a path that every prefix matches; prefixes of one length exclude
+        # each other, so among them the order is free and sorted.
+        prefixes = sorted(self.by_prefix, key=lambda prefix: (-len(prefix), prefix))
+        return [route for prefix in prefixes for route in self.by_prefix[prefix]] + [*self.root]
+
 
 class Router:
     """The compiled route table of one config; `match` runs on every request."""
@@ -203,6 +209,21 @@ class Router:
         if self._any is not None:
             return self._any.find(path, method, headers)
         return None
+
+    def in_precedence_order(self) -> list[RouteConfig]:
+        """Every route, in the order `match` considers them.
+
+        `match` tries the first route of this list whose host, path, method and headers
+        conditions hold. Routes that no request can offer `match` together (two exact hosts,
+        two wildcard suffixes or two path prefixes of the same length) are in sorted order, so
+        the list depends on the order in the file only where that order decides (ties).
+        """
+        groups = [self._exact[host] for host in sorted(self._exact)]
+        suffixes = sorted(self._wildcards, key=lambda suffix: (-len(suffix), suffix))
+        groups += [self._wildcards[suffix] for suffix in suffixes]
+        if self._any is not None:
+            groups.append(self._any)
+        return [route.config for group in groups for route in group.in_order()]
 
 
 def _match_covers(a: RouteMatch, b: RouteMatch) -> bool:

@@ -44,7 +44,7 @@ from gateway.config.units import DURATION_NEEDS_UNIT, SIZE_NEEDS_UNIT, parse_dur
 from gateway.errors import ConfigError
 from gateway.routing import shadowed_routes
 
-__all__ = ["load_config", "parse_config"]
+__all__ = ["load_config", "parse_config", "unit_fields"]
 
 
 def load_config(
@@ -395,6 +395,28 @@ def _count(value: object, path: str, ctx: _Context) -> int:
     if value < 1:
         raise _BadValueError(f"must be at least 1, got {value}")
     return value
+
+
+def _workers(value: object, path: str, ctx: _Context) -> int | str:
+    if value == "auto":
+        return "auto"
+    if isinstance(value, _FromEnv) and re.fullmatch(r"[+-]?[0-9]+", value):
+        value = int(value)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _BadValueError(f"expected an integer or 'auto', got {_describe(value)}")
+    return _count(value, path, ctx)
+
+
+def _token(value: object, path: str, ctx: _Context) -> str:
+    if not isinstance(value, str):
+        # Never echo the value: a token written as a bare number is still a secret.
+        got = "a number (quote it)" if isinstance(value, int | float) else _describe(value)
+        raise _BadValueError(f"expected a string, got {got}")
+    text = str(value)
+    # It travels in an Authorization header: visible ASCII only, and long enough to matter.
+    if len(text) < 16 or not all(33 <= ord(char) <= 126 for char in text):
+        raise _BadValueError("expected at least 16 visible ASCII characters")
+    return text
 
 
 def _with_unit(parse: Callable[[str], float], needs_unit: str, example: str) -> Converter:
@@ -840,6 +862,18 @@ def _finish_gateway(kwargs: dict[str, Any], given: set[str], path: str, ctx: _Co
             f"{admin.listen} overlaps server.listen ({server.listen}):"
             " the admin endpoints never share the public port",
         )
+    if admin.token is None and not _is_loopback(admin.listen.host):
+        ctx.problem(
+            "admin.token",
+            f"required when admin.listen ({admin.listen}) is not a loopback address",
+        )
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
 
 
 _GATEWAY = _Section(
@@ -851,6 +885,7 @@ _GATEWAY = _Section(
             ServerConfig,
             {
                 "listen": _listen,
+                "workers": _workers,
                 "trusted_proxies": _list_of(
                     _network, "address", plural="addresses", allow_empty=True
                 ),
@@ -871,7 +906,9 @@ _GATEWAY = _Section(
                 "via_name": _via_name,
             },
         ),
-        "admin": _Section(AdminConfig, {"listen": _listen}),
+        "admin": _Section(
+            AdminConfig, {"listen": _listen, "token": _optional(_token), "metrics": _boolean}
+        ),
         "logging": _Section(
             LoggingConfig,
             {"level": _choice("debug", "info", "warning", "error"), "access_log": _boolean},
@@ -879,3 +916,33 @@ _GATEWAY = _Section(
     },
     finish=_finish_gateway,
 )
+
+
+def unit_fields() -> dict[tuple[type[Any], str], Literal["duration", "size"]]:
+    """The model fields written with a unit: ``(dataclass, field name) -> "duration" | "size"``.
+
+    Read from the tables above (through wrappers such as `_optional` and `_list_of`), so a
+    field added with `_duration` or `_size` is known to `gateway.config.describe` at once.
+    """
+    kinds: dict[tuple[type[Any], str], Literal["duration", "size"]] = {}
+    seen: set[int] = set()
+
+    def walk(convert: object, owner: tuple[type[Any], str] | None) -> None:
+        if convert is _duration or convert is _size:
+            if owner is not None:
+                kinds[owner] = "duration" if convert is _duration else "size"
+            return
+        if id(convert) in seen:  # a converter shared by several fields, or a cycle
+            return
+        seen.add(id(convert))
+        if isinstance(convert, _Section):
+            for key, child in convert.schema.items():
+                walk(child, (convert.cls, key))
+        else:
+            for cell in getattr(convert, "__closure__", None) or ():
+                walk(cell.cell_contents, owner)
+
+    # `_upstreams` reaches _UPSTREAM as a global, not through a closure.
+    for root in (_GATEWAY, _UPSTREAM):
+        walk(root, None)
+    return kinds

@@ -52,6 +52,8 @@ class ServerTimeouts:
 @dataclass(frozen=True, slots=True)
 class ServerConfig:
     listen: ListenAddress = ListenAddress("0.0.0.0", 8080)
+    # Worker processes accepting on `listen` with SO_REUSEPORT; "auto" is one per CPU core.
+    workers: int | Literal["auto"] = 1
     # CIDRs whose X-Forwarded-For / X-Forwarded-Proto are believed.
     trusted_proxies: tuple[IPNetwork, ...] = ()
     limits: ServerLimits = field(default_factory=ServerLimits)
@@ -63,6 +65,11 @@ class ServerConfig:
 @dataclass(frozen=True, slots=True)
 class AdminConfig:
     listen: ListenAddress = ListenAddress("127.0.0.1", 9901)
+    # When set, mutating admin endpoints need `Authorization: Bearer <token>`; required when
+    # `listen` is not a loopback address. Never shown by /config.
+    token: str | None = field(default=None, repr=False)
+    # Collect and serve Prometheus metrics. Off only to measure what they cost.
+    metrics: bool = True
 
 
 @dataclass(frozen=True, slots=True)

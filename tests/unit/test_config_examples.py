@@ -62,3 +62,17 @@ def test_complete_example_shows_every_key() -> None:
     )
     missing += _missing_keys(model.RouteConfig, doc["routes"][0], "routes[0]")
     assert missing == []
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_examples_carry_no_secrets(path: Path) -> None:
+    # A token in an example would be copied into deployments: they read it from the
+    # environment, and without it the admin listener stays where no token is needed.
+    assert load_config(path, environ={}).admin.token is None
+
+
+def test_complete_example_reads_the_admin_token_from_the_environment() -> None:
+    token = "0123456789abcdef-example"
+    path = CONFIG_DIR / "gateway.yaml"
+    assert load_config(path, environ={"GATEWAY_ADMIN_TOKEN": token}).admin.token == token
+    assert load_config(path, environ={"GATEWAY_ADMIN_TOKEN": ""}).admin.token is None

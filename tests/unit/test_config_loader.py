@@ -42,6 +42,7 @@ from gateway.config.model import (
 from gateway.errors import ConfigError
 
 TARGET = "http://10.0.0.5:9000"
+ADMIN_TOKEN = "s3cr3t-admin-token-0123"
 
 
 def base(**sections: Any) -> dict[str, Any]:
@@ -151,8 +152,10 @@ ONE_PROBLEM: list[tuple[str, object, str]] = [
         "server.listen: 'my host' is not a valid host name or IP address (in 'my host:80')",
     ),
     (
+        # With a token, so the one problem is the overlap (without one, see
+        # test_public_admin_without_token_and_overlap).
         "admin-listen-overlaps",
-        base(admin={"listen": ":8080"}),
+        base(admin={"listen": ":8080", "token": ADMIN_TOKEN}),
         "admin.listen: 0.0.0.0:8080 overlaps server.listen (0.0.0.0:8080):"
         " the admin endpoints never share the public port",
     ),
@@ -843,7 +846,7 @@ server:
   listen: ":8080"
   limits: {max_headers: ten, max_body: 10}
   timeouts: {keepalive: 5}
-  workers: 2
+  worker: 2
 upstreams:
   users:
     targets: ["http://10.0.0.5:9000", "ftp://x", "http://10.0.0.5:9000/"]
@@ -865,7 +868,7 @@ logging: {level: INFO}
         "server.limits.max_headers: expected an integer, got 'ten'",
         "server.limits.max_body: a size needs a unit, e.g. '64KiB'",
         "server.timeouts.keepalive: a duration needs a unit, e.g. '5s'",
-        "server.workers: unknown key",
+        "server.worker: unknown key (did you mean 'workers'?)",
         "upstreams.users.targets[1]: a target's scheme must be http or https, got 'ftp://x'",
         "upstreams.users.targets[2]: duplicate target 'http://10.0.0.5:9000'"
         " (first at upstreams.users.targets[0])",
@@ -1031,6 +1034,137 @@ def test_unset_variables_are_all_reported() -> None:
     ]
 
 
+# --- server.workers and admin.token ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("written", "environ", "expected"),
+    [
+        (4, {}, 4),
+        (1, {}, 1),
+        ("auto", {}, "auto"),
+        ("${WORKERS}", {"WORKERS": "8"}, 8),
+        ("${WORKERS:-auto}", {}, "auto"),
+        ("${WORKERS:-2}", {}, 2),
+    ],
+)
+def test_workers(written: object, environ: dict[str, str], expected: int | str) -> None:
+    assert parse(base(server={"workers": written}), environ).server.workers == expected
+
+
+@pytest.mark.parametrize(
+    ("written", "environ", "expected"),
+    [
+        (0, {}, "must be at least 1, got 0"),
+        (-1, {}, "must be at least 1, got -1"),
+        ("four", {}, "expected an integer or 'auto', got 'four'"),
+        # Quoted in the YAML itself: a string, as for every other integer.
+        ("4", {}, "expected an integer or 'auto', got '4'"),
+        ("Auto", {}, "expected an integer or 'auto', got 'Auto'"),
+        (True, {}, "expected an integer or 'auto', got true"),
+        (2.5, {}, "expected an integer or 'auto', got 2.5"),
+        (None, {}, "expected an integer or 'auto', got null"),
+        ([2], {}, "expected an integer or 'auto', got a list"),
+        ("${WORKERS}", {"WORKERS": "four"}, "expected an integer or 'auto', got 'four'"),
+        ("${WORKERS}", {"WORKERS": "0"}, "must be at least 1, got 0"),
+        ("${WORKERS:-}", {}, "expected an integer or 'auto', got ''"),
+    ],
+)
+def test_workers_problems(written: object, environ: dict[str, str], expected: str) -> None:
+    assert problems(base(server={"workers": written}), environ) == [f"server.workers: {expected}"]
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        ADMIN_TOKEN,
+        "a" * 16,  # the shortest accepted
+        "!#$%&'()*+,-./:;<=>?@[]^_`{|}~",  # every visible ASCII character is fine
+        "x" * 200,
+    ],
+)
+def test_admin_token(written: str) -> None:
+    assert parse(base(admin={"token": written})).admin.token == written
+
+
+_TOKEN_FORMAT = "expected at least 16 visible ASCII characters"
+
+
+@pytest.mark.parametrize(
+    ("written", "expected"),
+    [
+        ("too-short-token", _TOKEN_FORMAT),  # 15 characters
+        ("", _TOKEN_FORMAT),
+        ("t\u00f6ken-0123456789abcdef", _TOKEN_FORMAT),  # non-ASCII
+        ("token with spaces 0123", _TOKEN_FORMAT),
+        ("token-0123456789\tabc", _TOKEN_FORMAT),
+        # A number is refused without being echoed: it is still a secret.
+        (1234567890123456789, "expected a string, got a number (quote it)"),
+        (["a" * 16], "expected a string, got a list"),
+    ],
+)
+def test_admin_token_problems(written: object, expected: str) -> None:
+    found = problems(base(admin={"token": written}))
+    assert found == [f"admin.token: {expected}"]
+    assert "1234567890123456789" not in found[0]
+
+
+@pytest.mark.parametrize(
+    ("listen", "shown"),
+    [
+        ("0.0.0.0:9901", "0.0.0.0:9901"),
+        (":9901", "0.0.0.0:9901"),
+        ("10.0.0.1:9901", "10.0.0.1:9901"),
+        ("[::]:9901", "[::]:9901"),
+        ("[fd00::1]:9901", "[fd00::1]:9901"),
+        ("admin.internal:9901", "admin.internal:9901"),
+    ],
+)
+def test_admin_token_required_off_loopback(listen: str, shown: str) -> None:
+    assert problems(base(admin={"listen": listen})) == [
+        f"admin.token: required when admin.listen ({shown}) is not a loopback address"
+    ]
+    config = parse(base(admin={"listen": listen, "token": ADMIN_TOKEN}))
+    assert config.admin.token == ADMIN_TOKEN
+
+
+@pytest.mark.parametrize(
+    "listen", ["127.0.0.1:9901", "127.0.0.2:9901", "[::1]:9901", "localhost:9901", "LocalHost:0"]
+)
+def test_admin_token_not_required_on_loopback(listen: str) -> None:
+    assert parse(base(admin={"listen": listen})).admin.token is None
+
+
+def test_admin_token_left_unset_through_the_environment() -> None:
+    admin = {"listen": "${ADMIN_LISTEN:-127.0.0.1:9901}", "token": "${ADMIN_TOKEN:-}"}
+    assert parse(base(admin=admin)).admin == AdminConfig()
+    exposed = {"ADMIN_LISTEN": "0.0.0.0:9901"}
+    assert problems(base(admin=admin), exposed) == [
+        "admin.token: required when admin.listen (0.0.0.0:9901) is not a loopback address"
+    ]
+    config = parse(base(admin=admin), {**exposed, "ADMIN_TOKEN": ADMIN_TOKEN})
+    assert config.admin == AdminConfig(ListenAddress("0.0.0.0", 9901), ADMIN_TOKEN)
+
+
+def test_public_admin_without_token_and_overlap() -> None:
+    assert problems(base(admin={"listen": ":8080"})) == [
+        "admin.listen: 0.0.0.0:8080 overlaps server.listen (0.0.0.0:8080):"
+        " the admin endpoints never share the public port",
+        "admin.token: required when admin.listen (0.0.0.0:8080) is not a loopback address",
+    ]
+
+
+def test_a_bad_token_is_reported_once() -> None:
+    # The admin section is invalid, so "required" is not reported on top of the format.
+    assert problems(base(admin={"listen": "0.0.0.0:9901", "token": "short"})) == [
+        f"admin.token: {_TOKEN_FORMAT}"
+    ]
+
+
+def test_admin_token_is_not_in_repr() -> None:
+    assert ADMIN_TOKEN not in repr(parse(base(admin={"token": ADMIN_TOKEN})))
+
+
 # --- Values that convert ----------------------------------------------------------------------
 
 
@@ -1171,6 +1305,7 @@ def test_minimal_file_yields_the_model_defaults() -> None:
 EVERY_KEY = """\
 server:
   listen: "127.0.0.1:8000"
+  workers: 4
   trusted_proxies: ["10.0.0.0/8"]
   limits:
     max_body: 1MiB
@@ -1182,6 +1317,8 @@ server:
   via_name: edge
 admin:
   listen: "127.0.0.1:9000"
+  token: "${ADMIN_TOKEN}"
+  metrics: false
 logging: {level: debug, access_log: false}
 upstreams:
   accounts:
@@ -1208,6 +1345,7 @@ def _expected_every_key(ca_file: str) -> GatewayConfig:
     return GatewayConfig(
         server=ServerConfig(
             listen=ListenAddress("127.0.0.1", 8000),
+            workers=4,
             trusted_proxies=(ipaddress.ip_network("10.0.0.0/8"),),
             limits=ServerLimits(
                 max_body=MIB,
@@ -1219,7 +1357,9 @@ def _expected_every_key(ca_file: str) -> GatewayConfig:
             timeouts=ServerTimeouts(header_read=5.0, keepalive=30.0, drain=10.0),
             via_name="edge",
         ),
-        admin=AdminConfig(listen=ListenAddress("127.0.0.1", 9000)),
+        admin=AdminConfig(
+            listen=ListenAddress("127.0.0.1", 9000), token=ADMIN_TOKEN, metrics=False
+        ),
         logging=LoggingConfig(level="debug", access_log=False),
         upstreams=(
             UpstreamConfig(
@@ -1272,7 +1412,7 @@ def test_every_field_is_settable_under_its_own_name(tmp_path: Path) -> None:
     ca.write_text("-----BEGIN CERTIFICATE-----\n")
     config_file = tmp_path / "gateway.yaml"
     config_file.write_text(EVERY_KEY.replace("CA_FILE", "ca.pem"))
-    config = load_config(config_file, {})
+    config = load_config(config_file, {"ADMIN_TOKEN": ADMIN_TOKEN})
     expected = _expected_every_key(str(ca))
     assert config == expected
     # And the file above really sets every field to something other than its default, so a
@@ -1283,6 +1423,21 @@ def test_every_field_is_settable_under_its_own_name(tmp_path: Path) -> None:
     assert _differs_from_defaults(config.logging, minimal.logging, "logging") == []
     assert _differs_from_defaults(config.upstreams[0], minimal.upstreams[0], "upstream") == []
     assert _differs_from_defaults(config.routes[0], minimal.routes[0], "route") == []
+
+
+def test_unit_fields_are_read_from_the_tables() -> None:
+    kinds = loader.unit_fields()
+    assert kinds[ServerLimits, "max_body"] == "size"
+    assert kinds[ServerLimits, "max_line"] == "size"
+    assert kinds[ServerTimeouts, "drain"] == "duration"
+    assert kinds[PoolConfig, "idle_timeout"] == "duration"
+    assert kinds[UpstreamConfig, "dns_ttl"] == "duration"
+    assert (ServerLimits, "max_headers") not in kinds
+    # The model keeps every duration as a float (seconds): each float field is one.
+    floats = set()
+    for cls in (ServerTimeouts, PoolConfig, UpstreamTimeouts, UpstreamConfig, ServerLimits):
+        floats |= {(cls, f.name) for f in fields(cls) if f.type == "float"}
+    assert floats == {key for key, kind in kinds.items() if kind == "duration"}
 
 
 def test_a_schema_must_cover_its_dataclass_exactly() -> None:

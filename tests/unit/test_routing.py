@@ -502,6 +502,65 @@ def test_shadowed_routes_are_never_chosen(
         assert found is None or id(found) not in shadowed
 
 
+@settings(max_examples=300)
+@given(routes=ROUTES, requests=st.lists(REQUESTS, min_size=1, max_size=10))
+def test_match_is_the_first_applicable_route_in_precedence_order(
+    routes: list[RouteConfig], requests: list[tuple[str, str, str, Headers]]
+) -> None:
+    router = Router(routes)
+    order = router.in_precedence_order()
+    assert sorted(map(id, order)) == sorted(map(id, routes))
+    for host, path, method, headers in requests:
+        first = next(
+            (r for r in order if reference_match([r], host, path, method, headers) is r), None
+        )
+        assert router.match(host, path, method, headers) is first
+
+
+def test_precedence_order_example() -> None:
+    routes = [
+        route("all"),
+        route("users", prefix="/users"),
+        route("wild", host="*.example.com"),
+        route("wild-api", host="*.api.example.com", prefix="/v1"),
+        route("b-root", host="b.example.com"),
+        route("a-users", host="a.example.com", prefix="/users"),
+        route("a-users-get", host="A.example.com", prefix="/users", methods=["GET"]),
+        route("a-user", host="a.example.com", prefix="/user"),
+        route("users-v1", prefix="/users/v1"),
+    ]
+    order = [r.name for r in Router(routes).in_precedence_order()]
+    assert order == [
+        "a-users",
+        "a-users-get",
+        "a-user",
+        "b-root",
+        "wild-api",
+        "wild",
+        "users-v1",
+        "users",
+        "all",
+    ]
+
+
+@given(
+    specs=st.lists(
+        st.tuples(
+            st.sampled_from(ROUTE_HOSTS[:1] + ROUTE_HOSTS[2:]), st.sampled_from(ROUTE_PREFIXES)
+        ),
+        unique=True,
+        max_size=10,
+    ),
+    data=st.data(),
+)
+def test_precedence_order_is_independent_of_file_order(
+    specs: list[tuple[str | None, str]], data: st.DataObject
+) -> None:
+    routes = [route(f"r{i}", host=h, prefix=p) for i, (h, p) in enumerate(specs)]
+    shuffled = data.draw(st.permutations(routes))
+    assert Router(routes).in_precedence_order() == Router(shuffled).in_precedence_order()
+
+
 @given(routes=ROUTES)
 def test_shadowing_route_precedes_the_shadowed(routes: list[RouteConfig]) -> None:
     for b, a in shadowed_routes(routes):
