@@ -57,7 +57,7 @@ class RunningGateway:
     admin: web.AppRunner | None
     address: tuple[str, int]
     admin_address: tuple[str, int] | None
-    sampler: asyncio.Task[None]
+    sampler: asyncio.Task[None] | None
     draining: bool = False
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
     _retiring: set[asyncio.Task[None]] = field(default_factory=set)
@@ -98,9 +98,10 @@ class RunningGateway:
         self.listener.close()
         # Idle keep-alive connections close at once; busy ones after their response.
         await self.server.shutdown(grace)
-        self.sampler.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.sampler
+        if self.sampler is not None:
+            self.sampler.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.sampler
         await self.dispatcher.runtime.close()
         for task in list(self._retiring):
             await task
@@ -143,8 +144,11 @@ async def start(
     """Bind the public listener (and, unless ``admin`` is False, the admin one) and serve."""
     require_c_parser()
     loop = asyncio.get_running_loop()
-    request_metrics = metrics.RequestMetrics()
-    metrics.mark_build_info()
+    if config.admin.metrics:
+        request_metrics = metrics.RequestMetrics()
+        metrics.mark_build_info()
+    else:
+        request_metrics = metrics.DisabledRequestMetrics()
     runtime = Runtime.build(config, request_metrics)
     access_log = AccessLog() if config.logging.access_log else None
     dispatcher = Dispatcher(runtime, access_log, request_metrics)
@@ -167,7 +171,7 @@ async def start(
         admin=None,
         address=(bound[0], bound[1]),
         admin_address=None,
-        sampler=loop.create_task(_sample_gauges(sampler)),
+        sampler=loop.create_task(_sample_gauges(sampler)) if config.admin.metrics else None,
     )
     if admin:
         try:
@@ -178,7 +182,9 @@ async def start(
                 f"admin.listen: cannot listen on {config.admin.listen}: {error.strerror}"
             ) from error
     log.info(
-        "listening",
+        # "listening" is the event operators (and tests) wait for; a supervised worker without
+        # its own admin listener reports itself differently and the supervisor says "listening".
+        "listening" if admin else "worker_listening",
         address=f"{bound[0]}:{bound[1]}",
         admin=(
             f"{gateway.admin_address[0]}:{gateway.admin_address[1]}"

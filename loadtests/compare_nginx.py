@@ -2,10 +2,12 @@
 
 Both proxies run one worker in front of the same upstream (nginx answering a 114-byte JSON with
 `return 200`, keep-alive to it on both sides), with access logs off. wrk drives each in turn,
-alternating rounds so that drift on this shared machine hits both alike, and the script prints
-requests/s, latency and the ratio gateway/nginx (a ratio, not absolute numbers: DESIGN.md §2).
+rotating rounds so that drift on this shared machine hits all alike, and the script prints
+requests/s, latency and the ratio to nginx (a ratio, not absolute numbers: DESIGN.md §2).
+`--observability` adds the gateway with access logs on and with metrics off, and prints what
+metrics plus access logging cost as a ratio.
 
-    .venv/bin/python loadtests/compare_nginx.py [--rounds 3] [--duration 10] [--connections 50]
+    .venv/bin/python loadtests/compare_nginx.py [--rounds 3] [--duration 10] [--observability]
 
 Needs `nginx` and `wrk` (Debian packages; installed with apt-get when missing and run as root).
 """
@@ -102,8 +104,21 @@ def nginx_conf(workdir: Path, upstream_port: int, proxy_port: int, max_requests:
     return conf
 
 
-def gateway_conf(workdir: Path, upstream_port: int, gateway_port: int) -> Path:
-    conf = workdir / "gateway.yaml"
+# Gateway variants: (access log, metrics). "gateway" is the configuration the ratio is
+# reported for (metrics on, access log off on both sides); --observability adds the variants
+# that price metrics and access logging.
+VARIANTS = {
+    "gateway": (False, True),
+    "gw+logs": (True, True),
+    "gw-bare": (False, False),
+}
+
+
+def gateway_conf(
+    workdir: Path, name: str, ports: tuple[int, int], *, access_log: bool, metrics: bool
+) -> Path:
+    upstream_port, gateway_port = ports
+    conf = workdir / f"{name}.yaml"
     conf.write_text(
         textwrap.dedent(
             f"""\
@@ -111,8 +126,9 @@ def gateway_conf(workdir: Path, upstream_port: int, gateway_port: int) -> Path:
               listen: "127.0.0.1:{gateway_port}"
             admin:
               listen: "127.0.0.1:0"
+              metrics: {"true" if metrics else "false"}
             logging:
-              access_log: false
+              access_log: {"true" if access_log else "false"}
             upstreams:
               app:
                 targets: ["http://127.0.0.1:{upstream_port}"]
@@ -174,59 +190,83 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=int, default=10)
     parser.add_argument("--connections", type=int, default=50)
+    parser.add_argument(
+        "--observability",
+        action="store_true",
+        help="also run the gateway with access logs on (gw+logs) and with metrics off (gw-bare)",
+    )
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args()
     ensure_tools()
-    upstream_port, nginx_port, gateway_port = free_port(), free_port(), free_port()
+    names = list(VARIANTS) if args.observability else ["gateway"]
+    upstream_port, nginx_port = free_port(), free_port()
+    ports = {"nginx": nginx_port} | {name: free_port() for name in names}
+    processes: list[subprocess.Popen[bytes]] = []
     with tempfile.TemporaryDirectory(prefix="gw-bench-") as tmp:
         workdir = Path(tmp)
         nginx_file = nginx_conf(workdir, upstream_port, nginx_port, 1000)
-        gateway_file = gateway_conf(workdir, upstream_port, gateway_port)
-        nginx = subprocess.Popen(
-            ["nginx", "-p", str(workdir), "-c", str(nginx_file)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        processes.append(
+            subprocess.Popen(
+                ["nginx", "-p", str(workdir), "-c", str(nginx_file)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
         )
-        gateway = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "run", "--config", str(gateway_file)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        for name in names:
+            access_log, metrics = VARIANTS[name]
+            config = gateway_conf(
+                workdir,
+                name,
+                (upstream_port, ports[name]),
+                access_log=access_log,
+                metrics=metrics,
+            )
+            # Access lines go to /dev/null: their cost is formatting and queueing, not a disk.
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "gateway", "run", "--config", str(config)],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
         try:
-            for port in (upstream_port, nginx_port, gateway_port):
+            for port in (upstream_port, *ports.values()):
                 wait_for_port(port)
-            results: dict[str, list[WrkResult]] = {"nginx": [], "gateway": []}
-            # Warm both up (connection pools, caches) before measuring.
-            run_wrk(nginx_port, 2, args.connections)
-            run_wrk(gateway_port, 2, args.connections)
-            for round_number in range(args.rounds):
-                order = [("nginx", nginx_port), ("gateway", gateway_port)]
-                if round_number % 2:
-                    order.reverse()
+            results: dict[str, list[WrkResult]] = {name: [] for name in ports}
+            # Warm everything up (connection pools, caches) before measuring.
+            for port in ports.values():
+                run_wrk(port, 2, args.connections)
+            order = list(ports.items())
+            for _ in range(args.rounds):
                 for name, port in order:
                     results[name].append(run_wrk(port, args.duration, args.connections))
+                # Rotate so that no target always runs first (or right after the same one).
+                order = order[1:] + order[:1]
         finally:
-            for process in (gateway, nginx):
+            for process in processes:
                 process.send_signal(signal.SIGTERM)
-            for process in (gateway, nginx):
+            for process in processes:
                 try:
                     process.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     process.kill()
     summary: dict[str, dict[str, float]] = {}
-    print(f"wrk -t1 -c{args.connections} -d{args.duration}s, {args.rounds} alternating rounds")
-    print(f"{'proxy':8} {'req/s (median)':>15} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7}")
+    print(f"wrk -t1 -c{args.connections} -d{args.duration}s, {args.rounds} rotating rounds")
+    columns = ("req/s (median)", 15), ("p50 ms", 8), ("p99 ms", 8), ("errors", 7), ("vs nginx", 9)
+    print(f"{'target':8} " + " ".join(f"{title:>{width}}" for title, width in columns))
+    nginx_rps = statistics.median(r.requests_per_s for r in results["nginx"])
     for name, runs in results.items():
         rps = statistics.median(r.requests_per_s for r in runs)
         p50 = statistics.median(r.p50_ms for r in runs)
         p99 = statistics.median(r.p99_ms for r in runs)
         errors = sum(r.errors for r in runs)
         summary[name] = {"rps": rps, "p50_ms": p50, "p99_ms": p99, "errors": errors}
-        print(f"{name:8} {rps:15.0f} {p50:8.2f} {p99:8.2f} {errors:7d}")
-    ratio = summary["gateway"]["rps"] / summary["nginx"]["rps"]
-    print(f"ratio gateway/nginx: {ratio:.3f}")
+        print(f"{name:8} {rps:15.0f} {p50:8.2f} {p99:8.2f} {errors:7d} {rps / nginx_rps:9.3f}")
+    if args.observability:
+        cost = summary["gw+logs"]["rps"] / summary["gw-bare"]["rps"]
+        print(f"metrics + access log on / both off: {cost:.3f}")
     if args.json:
-        args.json.write_text(json.dumps({"summary": summary, "ratio": ratio}, indent=2))
+        args.json.write_text(json.dumps({"summary": summary}, indent=2))
     return 0
 
 

@@ -173,6 +173,21 @@ class RequestMetrics:
         count()
 
 
+class DisabledRequestMetrics(RequestMetrics):
+    """Used when `admin.metrics` is false: every observation is a no-op."""
+
+    __slots__ = ()
+
+    def request_done(self, route: str, method: str, status: int, seconds: float) -> None:
+        return None
+
+    def upstream_answered(self, upstream: str, seconds: float) -> None:
+        return None
+
+    def upstream_failed(self, upstream: str, kind: str) -> None:
+        return None
+
+
 class GaugeSampler:
     """Sets the state gauges from counters the worker keeps anyway, once a second."""
 

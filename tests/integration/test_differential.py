@@ -75,10 +75,18 @@ HOP_BY_HOP = frozenset(
     }
 )
 FRAMING = frozenset({b"content-length", b"transfer-encoding"})
-# Fields the gateway adds to every forwarded request (RFC 9110 §7.6.3 and the de facto
-# X-Forwarded-* and request-id conventions).
+# Fields the gateway adds to every forwarded request (RFC 9110 §7.6.3, the de facto
+# X-Forwarded-* and request-id conventions, and W3C trace context: the gateway is a hop of the
+# trace, so traceparent carries its own span id).
 GATEWAY_REQUEST_FIELDS = frozenset(
-    {b"x-forwarded-for", b"x-forwarded-proto", b"x-forwarded-host", b"via", b"x-request-id"}
+    {
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"via",
+        b"x-request-id",
+        b"traceparent",
+    }
 )
 GATEWAY_RESPONSE_FIELDS = frozenset({b"via", b"x-request-id", b"date"})
 
