@@ -19,7 +19,6 @@ from aiohttp import http_parser, web
 from gateway.admin import start_admin
 from gateway.config.model import GatewayConfig, ListenAddress
 from gateway.observability import metrics
-from gateway.observability.access_log import AccessLog
 from gateway.observability.logging import get_logger
 from gateway.runtime import Runtime
 from gateway.server import Dispatcher, GatewayServer
@@ -150,9 +149,8 @@ async def start(
     else:
         request_metrics = metrics.DisabledRequestMetrics()
     runtime = Runtime.build(config, request_metrics)
-    access_log = AccessLog() if config.logging.access_log else None
-    dispatcher = Dispatcher(runtime, access_log, request_metrics)
-    server = GatewayServer(dispatcher, config.server)
+    dispatcher = Dispatcher(runtime, request_metrics)
+    server = GatewayServer(dispatcher)
     sock = _bind(config.server.listen, reuse_port)
     listener = await loop.create_server(server, sock=sock, backlog=1024)
     bound = sock.getsockname()

@@ -15,6 +15,7 @@ from gateway.chain import Handler, compose
 from gateway.config.model import GatewayConfig
 from gateway.edge import EdgeSettings
 from gateway.headers import via_value
+from gateway.observability.access_log import AccessLog
 from gateway.observability.metrics import RequestMetrics
 from gateway.proxy import Forwarder
 from gateway.routing import Router
@@ -30,6 +31,8 @@ class Runtime:
     handlers: Mapping[str, Handler]
     # The Via element for responses relayed to clients (RFC 9110 §7.6.3).
     via_response: bytes
+    # None when logging.access_log is off.
+    access_log: AccessLog | None
 
     @classmethod
     def build(
@@ -58,6 +61,7 @@ class Runtime:
             pools=MappingProxyType(pools),
             handlers=MappingProxyType(handlers),
             via_response=via_value((1, 1), config.server.via_name),
+            access_log=AccessLog() if config.logging.access_log else None,
         )
 
     def pools_to_retire(self, successor: Runtime) -> list[UpstreamPool]:

@@ -19,7 +19,6 @@ from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from multidict import CIMultiDict
 
 from gateway import headers as header_rules
-from gateway.config.model import ServerConfig
 from gateway.edge import RequestBody, RequestHead, build_request, request_id_from
 from gateway.errors import (
     BadRequest,
@@ -134,11 +133,8 @@ class ForwardedResponse(web.StreamResponse):
 class Dispatcher:
     """The request handler: edge checks, routing, the route's chain, the response, logs, metrics."""
 
-    def __init__(
-        self, runtime: Runtime, access_log: AccessLog | None, metrics: RequestMetrics
-    ) -> None:
+    def __init__(self, runtime: Runtime, metrics: RequestMetrics) -> None:
         self.runtime = runtime
-        self.access_log = access_log
         self.metrics = metrics
         self.draining = False
         self.inflight = 0
@@ -206,8 +202,9 @@ class Dispatcher:
             self.inflight -= 1
         duration = perf_counter() - started
         self.metrics.request_done(route_name, head.method, response.status, duration)
-        if self.access_log is not None:
+        if runtime.access_log is not None:
             self._log(
+                runtime.access_log,
                 head,
                 proxy_request=proxy_request,
                 proxy_response=proxy_response,
@@ -263,6 +260,7 @@ class Dispatcher:
 
     def _log(
         self,
+        access_log: AccessLog,
         head: RequestHead,
         *,
         proxy_request: ProxyRequest | None,
@@ -272,7 +270,6 @@ class Dispatcher:
         bytes_out: int,
         duration: float,
     ) -> None:
-        assert self.access_log is not None
         if proxy_request is not None:
             request_id = proxy_request.request_id
             client_ip = proxy_request.client_ip
@@ -288,7 +285,7 @@ class Dispatcher:
             bytes_in = 0
         if isinstance(response, ErrorResponse) and response.body is not None:
             bytes_out = len(response.body) if isinstance(response.body, bytes) else 0
-        self.access_log.record(
+        access_log.record(
             request_id=request_id,
             client_ip=client_ip,
             method=head.method,
@@ -438,27 +435,28 @@ class GatewayProtocol(RequestHandler):
 
 
 class GatewayServer(web.Server):
-    """Creates a `GatewayProtocol` per accepted connection with the server's edge limits."""
+    """Creates a `GatewayProtocol` per accepted connection with the server's edge limits.
 
-    def __init__(self, dispatcher: Dispatcher, config: ServerConfig) -> None:
+    The limits come from the runtime being served when the connection is accepted, so a reload
+    applies new limits and timeouts to new connections while established ones keep theirs.
+    """
+
+    def __init__(self, dispatcher: Dispatcher) -> None:
+        # HARDENING.md: never decompress what passes through.
+        super().__init__(dispatcher, auto_decompress=False, access_log=None)
+        self.dispatcher = dispatcher
+
+    def __call__(self) -> RequestHandler:
+        config = self.dispatcher.runtime.config.server
         limits = config.limits
-        super().__init__(
-            dispatcher,
-            # HARDENING.md: never decompress what passes through.
-            auto_decompress=False,
+        return GatewayProtocol(
+            self,
+            loop=self._loop,
+            header_read=config.timeouts.header_read,
+            max_requests=limits.max_requests_per_connection,
             keepalive_timeout=config.timeouts.keepalive,
             max_line_size=limits.max_line,
             max_field_size=limits.max_line,
             max_headers=limits.max_headers,
-            access_log=None,
-        )
-        self.config = config
-
-    def __call__(self) -> RequestHandler:
-        return GatewayProtocol(
-            self,
-            loop=self._loop,
-            header_read=self.config.timeouts.header_read,
-            max_requests=self.config.limits.max_requests_per_connection,
             **self._kwargs,
         )

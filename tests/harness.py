@@ -108,52 +108,89 @@ def parse_raw_response(data: bytes) -> tuple[int, dict[str, list[str]], bytes]:
     return status, fields, body
 
 
+def children(pid: int) -> list[int]:
+    """The direct child processes of ``pid`` (Linux /proc)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(FileNotFoundError):
+            found += [int(child) for child in (task / "children").read_text().split()]
+    return found
+
+
+def log_events(log_path: Path) -> list[dict[str, object]]:
+    """The JSON objects among the lines of a log file."""
+    events = []
+    for line in log_path.read_text(errors="replace").splitlines():
+        with contextlib.suppress(ValueError):
+            event = json.loads(line)
+            if isinstance(event, dict):
+                events.append(event)
+    return events
+
+
+def _peak_rss(pid: int) -> int:
+    """The kernel's high-water mark of a process's resident set (VmHWM), in bytes."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("VmHWM missing from /proc status")
+
+
 @dataclass
 class GatewayProcess:
-    """`gateway run` in a child process, as operators run it."""
+    """`gateway run` in a child process, as operators run it: a supervisor and its workers."""
 
     process: subprocess.Popen[bytes]
     port: int
     admin_port: int
 
     def peak_rss_bytes(self) -> int:
-        """The kernel's high-water mark of the process's resident set (VmHWM)."""
-        status = Path(f"/proc/{self.process.pid}/status").read_text()
-        for line in status.splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-        raise AssertionError("VmHWM missing from /proc status")
+        """The largest resident-set high-water mark of the supervisor and its workers."""
+        pids = [self.process.pid, *children(self.process.pid)]
+        peaks = []
+        for pid in pids:
+            with contextlib.suppress(FileNotFoundError):
+                peaks.append(_peak_rss(pid))
+        return max(peaks)
 
     def terminate(self) -> None:
         self.process.send_signal(signal.SIGTERM)
 
 
 def start_gateway_process(
-    config_path: Path, log_path: Path, *, env: dict[str, str] | None = None, timeout: float = 20.0
+    config_path: Path,
+    log_path: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 30.0,
 ) -> GatewayProcess:
-    """Start `python -m gateway run` and wait for its `listening` log line.
+    """Start `python -m gateway run --config FILE ARGS...` and wait for its `listening` line.
 
     Its output goes to ``log_path`` (a pipe nobody reads would fill up and stall the gateway).
+    The process is killed if it does not start, whatever goes wrong while waiting.
     """
     log_file = log_path.open("wb")
     process = subprocess.Popen(
-        [sys.executable, "-m", "gateway", "run", "--config", str(config_path)],
+        [sys.executable, "-m", "gateway", "run", "--config", str(config_path), *args],
         stdout=log_file,
         stderr=subprocess.STDOUT,
         env={**os.environ, **(env or {})},
         cwd=REPO,
     )
     log_file.close()
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and process.poll() is None:
-        for line in log_path.read_text(errors="replace").splitlines():
-            with contextlib.suppress(ValueError):
-                event = json.loads(line)
-                if isinstance(event, dict) and event.get("event") == "listening":
-                    port = int(event["address"].rsplit(":", 1)[1])
-                    admin_port = int(event["admin"].rsplit(":", 1)[1])
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and process.poll() is None:
+            for event in log_events(log_path):
+                if event.get("event") == "listening":
+                    port = int(str(event["address"]).rsplit(":", 1)[1])
+                    admin_port = int(str(event["admin"]).rsplit(":", 1)[1])
                     return GatewayProcess(process, port, admin_port)
-        time.sleep(0.05)
+            time.sleep(0.05)
+    except BaseException:
+        process.kill()
+        process.wait()
+        raise
     if process.poll() is None:
         process.kill()
     process.wait()

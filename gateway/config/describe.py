@@ -77,7 +77,33 @@ _USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
 # Dataclasses shown as one value rather than walked field by field.
 _SCALARS = (ListenAddress, Target, HeaderMatch)
 # Changes a hot reload cannot apply: the listening sockets and the worker processes.
-_NEEDS_RESTART: Final = frozenset({"server.listen", "server.workers", "admin.listen"})
+# What a reload cannot apply: the listeners and the worker count, the supervisor's admin
+# listener (address, token guard, metrics switch) and the log level (logging is configured once
+# per process). Everything else, server limits and timeouts included, applies to new connections.
+_NEEDS_RESTART: Final = ("server.listen", "server.workers", "admin.", "logging.level")
+
+
+def needs_restart(path: str) -> bool:
+    """Whether a change of the setting at ``path`` (``server.listen``...) needs a restart."""
+    return any(
+        path == key or (key.endswith(".") and path.startswith(key)) for key in _NEEDS_RESTART
+    )
+
+
+def restart_only_changes(new: GatewayConfig, old: GatewayConfig) -> list[str]:
+    """The paths of the settings that differ and that only a restart applies."""
+    paths: list[str] = []
+    for field in dataclasses.fields(new):
+        if field.name in ("upstreams", "routes"):
+            continue
+        for path, _, _ in _changes(
+            getattr(old, field.name, None), getattr(new, field.name), type(new), field.name
+        ):
+            if needs_restart(path):
+                paths.append(path)
+    return paths
+
+
 _UNITS: Final = unit_fields()
 _DURATION_UNITS: Final = (
     ("h", Fraction(3600)),
@@ -146,7 +172,7 @@ def diff_configs(new: GatewayConfig, old: GatewayConfig) -> list[str]:
         for path, before, after in _changes(
             getattr(old, field.name, None), getattr(new, field.name), type(new), field.name
         ):
-            restart = " (needs restart)" if path in _NEEDS_RESTART else ""
+            restart = " (needs restart)" if needs_restart(path) else ""
             lines.append(f"~ {path} {before} -> {after}{restart}")
     lines += _diff_upstreams(new, old)
     lines += _diff_routes(new, old)

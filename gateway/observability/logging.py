@@ -10,7 +10,9 @@ latency for every request.
 from __future__ import annotations
 
 import logging
+import os
 import queue
+import select
 import sys
 import threading
 from typing import Any, TextIO
@@ -21,6 +23,7 @@ from gateway.config.model import LoggingConfig
 
 _QUEUE_LINES = 10_000
 _BATCH = 512
+_PIPE_BUF = select.PIPE_BUF
 
 
 class LineWriter:
@@ -28,6 +31,11 @@ class LineWriter:
 
     def __init__(self, stream: TextIO, max_lines: int = _QUEUE_LINES) -> None:
         self._stream = stream
+        try:
+            stream.flush()
+            self._fd: int | None = stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            self._fd = None  # not a real file (a test's StringIO): write through the stream
         self._queue: queue.Queue[str | None] = queue.Queue(maxsize=max_lines)
         self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
         self._thread.start()
@@ -56,7 +64,6 @@ class LineWriter:
         while True:
             line = get()
             if line is None:
-                self._stream.flush()
                 return
             batch = [line]
             stop = False
@@ -70,12 +77,32 @@ class LineWriter:
                     break
                 batch.append(more)
             try:
-                self._stream.write("\n".join(batch) + "\n")
-                self._stream.flush()
+                self._emit(batch)
             except (OSError, ValueError):
                 return  # stdout is gone: nothing left to log to
             if stop:
                 return
+
+    def _emit(self, lines: list[str]) -> None:
+        """Write ``lines`` in chunks of whole lines of at most PIPE_BUF bytes each.
+
+        Workers share one stdout pipe; POSIX makes a pipe write of at most PIPE_BUF bytes atomic,
+        so lines from different processes never interleave mid-line (a longer single line is the
+        one exception, written on its own).
+        """
+        if self._fd is None:
+            self._stream.write("\n".join(lines) + "\n")
+            self._stream.flush()
+            return
+        chunk = bytearray()
+        for line in lines:
+            data = line.encode() + b"\n"
+            if chunk and len(chunk) + len(data) > _PIPE_BUF:
+                os.write(self._fd, chunk)
+                chunk = bytearray()
+            chunk += data
+        if chunk:
+            os.write(self._fd, chunk)
 
 
 class _QueueLogger:

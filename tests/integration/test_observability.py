@@ -242,3 +242,25 @@ async def test_a_request_in_flight_finishes_on_the_config_it_started_with(
             release.set()
             async with await pending as response:
                 assert await response.text() == "old upstream"
+
+
+async def test_reload_applies_server_limits_to_new_connections(
+    echo_port: int, gateways: list[RunningGateway]
+) -> None:
+    from gateway.config.model import ServerTimeouts
+
+    config = gateway_config([upstream_to("e", echo_port)])
+    gateway = await start(config)
+    gateways.append(gateway)
+    keepalive = replace(config.server, timeouts=ServerTimeouts(keepalive=0.2))
+    gateway.reload(replace(config, server=keepalive))
+    reader, writer = await asyncio.open_connection(LOCAL, gateway.address[1])
+    writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    await reader.readexactly(length)
+    # The reloaded keep-alive timeout (not the 60 s default) closes the idle connection.
+    assert await asyncio.wait_for(reader.read(), 5) == b""
+    writer.close()
+    await writer.wait_closed()

@@ -300,7 +300,11 @@ DIFF_CASES: list[tuple[str, list[Edit], list[str]]] = [
         [put("admin.listen", "[::1]:9901")],
         ["~ admin.listen 127.0.0.1:9901 -> [::1]:9901 (needs restart)"],
     ),
-    ("admin-token", [put("admin.token", TOKEN)], ["~ admin.token unset -> <redacted>"]),
+    (
+        "admin-token",
+        [put("admin.token", TOKEN)],
+        ["~ admin.token unset -> <redacted> (needs restart)"],
+    ),
     (
         "max-body",
         [put("server.limits.max_body", "20MiB")],
@@ -324,7 +328,11 @@ DIFF_CASES: list[tuple[str, list[Edit], list[str]]] = [
         ["~ server.trusted_proxies [] -> [10.0.0.0/8, 192.0.2.7/32]"],
     ),
     ("via-name", [put("server.via_name", "edge")], ["~ server.via_name gateway -> edge"]),
-    ("logging-level", [put("logging.level", "debug")], ["~ logging.level info -> debug"]),
+    (
+        "logging-level",
+        [put("logging.level", "debug")],
+        ["~ logging.level info -> debug (needs restart)"],
+    ),
     ("access-log", [put("logging.access_log", False)], ["~ logging.access_log true -> false"]),
     # Upstreams, by name.
     (
@@ -509,7 +517,7 @@ def test_changed_token_is_listed_but_not_shown() -> None:
     other = "another-admin-token-4567"
     old = load(edited(put("admin.token", TOKEN)))
     new = load(edited(put("admin.token", other)))
-    assert diff_configs(new, old) == ["~ admin.token <redacted> -> <redacted>"]
+    assert diff_configs(new, old) == ["~ admin.token <redacted> -> <redacted> (needs restart)"]
     assert config_hash(new) != config_hash(old)
 
 
