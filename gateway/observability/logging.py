@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import select
 import sys
 import threading
@@ -22,12 +21,16 @@ import structlog
 from gateway.config.model import LoggingConfig
 
 _QUEUE_LINES = 10_000
-_BATCH = 512
 _PIPE_BUF = select.PIPE_BUF
 
 
 class LineWriter:
-    """A bounded queue of lines and the thread that writes them to a stream."""
+    """A bounded buffer of lines and the thread that writes them to a stream.
+
+    The event loop only appends to a list (atomic under the GIL) and wakes the thread when the
+    list was empty, so a burst of lines costs one wake-up and one hand-over, not a locked queue
+    operation and a thread switch per line.
+    """
 
     def __init__(self, stream: TextIO, max_lines: int = _QUEUE_LINES) -> None:
         self._stream = stream
@@ -36,51 +39,44 @@ class LineWriter:
             self._fd: int | None = stream.fileno()
         except (AttributeError, OSError, ValueError):
             self._fd = None  # not a real file (a test's StringIO): write through the stream
-        self._queue: queue.Queue[str | None] = queue.Queue(maxsize=max_lines)
+        self._max_lines = max_lines
+        self._pending: list[str] = []
+        self._wake = threading.Event()
+        self._closing = False
         self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
         self._thread.start()
 
     def write(self, line: str) -> None:
-        try:
-            self._queue.put_nowait(line)
-        except queue.Full:
+        pending = self._pending
+        if len(pending) >= self._max_lines:
             from gateway.observability.metrics import ACCESS_LOG_DROPPED
 
             ACCESS_LOG_DROPPED.inc()
+            return
+        pending.append(line)
+        if len(pending) == 1:
+            self._wake.set()
 
     def flush(self, timeout: float = 5.0) -> None:
-        """Write what is queued and stop the thread (at exit)."""
+        """Write what is pending and stop the thread (at exit)."""
         if not self._thread.is_alive():
             return
-        try:
-            self._queue.put(None, timeout=timeout)
-        except queue.Full:
-            return
+        self._closing = True
+        self._wake.set()
         self._thread.join(timeout)
 
     def _run(self) -> None:
-        get = self._queue.get
-        get_nowait = self._queue.get_nowait
         while True:
-            line = get()
-            if line is None:
-                return
-            batch = [line]
-            stop = False
-            while len(batch) < _BATCH:
+            self._wake.wait()
+            self._wake.clear()
+            # Swap, then write: lines appended from now on go to the new list (and wake us).
+            batch, self._pending = self._pending, []
+            if batch:
                 try:
-                    more = get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stop = True
-                    break
-                batch.append(more)
-            try:
-                self._emit(batch)
-            except (OSError, ValueError):
-                return  # stdout is gone: nothing left to log to
-            if stop:
+                    self._emit(batch)
+                except (OSError, ValueError):
+                    return  # stdout is gone: nothing left to log to
+            if self._closing and not self._pending:
                 return
 
     def _emit(self, lines: list[str]) -> None:
@@ -98,11 +94,17 @@ class LineWriter:
         for line in lines:
             data = line.encode() + b"\n"
             if chunk and len(chunk) + len(data) > _PIPE_BUF:
-                os.write(self._fd, chunk)
+                self._write_all(chunk)
                 chunk = bytearray()
             chunk += data
         if chunk:
-            os.write(self._fd, chunk)
+            self._write_all(chunk)
+
+    def _write_all(self, data: bytearray) -> None:
+        assert self._fd is not None
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
 
 
 class _QueueLogger:
@@ -150,6 +152,12 @@ def _stdlib_emit(record: logging.LogRecord) -> None:
         record.getMessage(),
         exc_info=record.exc_info if record.exc_info else None,
     )
+
+
+def write_line(line: str) -> None:
+    """Hand one already rendered JSON line to the writer (the access log's fast path)."""
+    if _writer is not None:
+        _writer.write(line)
 
 
 def flush_logging() -> None:

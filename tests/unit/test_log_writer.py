@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import select
 import threading
 
+import pytest
 from prometheus_client import REGISTRY
 
 import gateway.observability.metrics  # noqa: F401  (registers the counter)
@@ -70,3 +72,32 @@ def test_lines_reach_a_pipe_whole_in_writes_of_at_most_pipe_buf() -> None:
     # than one line split across two writes (every write ends with a newline).
     assert all(chunk.endswith(b"\n") for chunk in chunks)
     assert select.PIPE_BUF >= 512
+
+
+def test_access_lines_are_json_whatever_the_path_holds(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.observability import access_log
+
+    lines: list[str] = []
+    monkeypatch.setattr(access_log, "write_line", lines.append)
+    log = access_log.AccessLog()
+    for path in ('/a"b\\\\c', "/\x00\x1f\x7f", "/caf\xe9", "/\u2028x"):
+        log.record(
+            request_id="r1",
+            client_ip="::1",
+            method="GET",
+            path=path,
+            route="unmatched",
+            upstream=None,
+            status=404,
+            bytes_in=0,
+            bytes_out=10,
+            duration=0.0012345,
+            upstream_seconds=None,
+            trace_id=None,
+        )
+        parsed = json.loads(lines[-1])
+        assert parsed["path"] == path
+        assert parsed["upstream"] is None
+        assert parsed["upstream_ms"] is None
+        assert parsed["duration_ms"] == 1.234 or parsed["duration_ms"] == 1.235
+        assert parsed["timestamp"].endswith("Z")
