@@ -31,6 +31,9 @@ class AdminSource(Protocol):
 
     def config_view(self) -> dict[str, object]: ...
 
+    def flush_metrics(self) -> None:
+        """Publish observations held in this process before /metrics is rendered."""
+
 
 def _token_guard(token: str | None) -> Middleware:
     expected = f"Bearer {token}".encode() if token else None
@@ -61,6 +64,7 @@ def admin_app(config: AdminConfig, source: AdminSource) -> web.Application:
         return web.json_response(body, status=200 if ready else 503)
 
     async def metrics_text(_: web.Request) -> web.Response:
+        source.flush_metrics()
         payload, content_type = metrics.render()
         response = web.Response(body=payload)
         response.headers["Content-Type"] = content_type

@@ -26,7 +26,8 @@ from gateway.upstream.pool import UpstreamPool
 
 log = get_logger("gateway")
 
-# How often the state gauges (connections, in-flight, pool sizes) are sampled.
+# How often request metrics are published and the state gauges (connections, in-flight, pool
+# sizes) sampled.
 _SAMPLE_INTERVAL = 1.0
 
 
@@ -84,6 +85,9 @@ class RunningGateway:
     def ready(self) -> tuple[bool, dict[str, object]]:
         return not self.draining, {"draining": self.draining}
 
+    def flush_metrics(self) -> None:
+        self.dispatcher.metrics.flush()
+
     def config_view(self) -> dict[str, object]:
         from gateway.config.describe import config_hash, redacted_view
 
@@ -101,6 +105,8 @@ class RunningGateway:
             self.sampler.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.sampler
+        # What the last second observed, so that no request goes uncounted.
+        self.dispatcher.metrics.flush()
         await self.dispatcher.runtime.close()
         for task in list(self._retiring):
             await task
@@ -131,8 +137,11 @@ def _bind(address: ListenAddress, reuse_port: bool) -> socket.socket:
     return sock
 
 
-async def _sample_gauges(sampler: metrics.GaugeSampler) -> None:
+async def _publish_metrics(
+    request_metrics: metrics.RequestMetrics, sampler: metrics.GaugeSampler
+) -> None:
     while True:
+        request_metrics.flush()
         sampler.sample()
         await asyncio.sleep(_SAMPLE_INTERVAL)
 
@@ -169,7 +178,11 @@ async def start(
         admin=None,
         address=(bound[0], bound[1]),
         admin_address=None,
-        sampler=loop.create_task(_sample_gauges(sampler)) if config.admin.metrics else None,
+        sampler=(
+            loop.create_task(_publish_metrics(request_metrics, sampler))
+            if config.admin.metrics
+            else None
+        ),
     )
     if admin:
         try:

@@ -234,6 +234,9 @@ class Supervisor:
         # redacted_view includes the route table, in precedence order.
         return {"hash": self._hash, **redacted_view(self._config)}
 
+    def flush_metrics(self) -> None:
+        """The workers publish their own metrics each second; nothing is held here."""
+
     # --- Lifecycle ----------------------------------------------------------------------------
 
     async def run(self) -> int:
