@@ -21,15 +21,19 @@ import structlog
 from gateway.config.model import LoggingConfig
 
 _QUEUE_LINES = 10_000
+# The writer thread writes what is pending every _WRITE_INTERVAL seconds, or at once when
+# _WAKE_AT lines are waiting.
+_WRITE_INTERVAL = 0.05
+_WAKE_AT = 1024
 _PIPE_BUF = select.PIPE_BUF
 
 
 class LineWriter:
     """A bounded buffer of lines and the thread that writes them to a stream.
 
-    The event loop only appends to a list (atomic under the GIL) and wakes the thread when the
-    list was empty, so a burst of lines costs one wake-up and one hand-over, not a locked queue
-    operation and a thread switch per line.
+    The event loop only appends to a list (atomic under the GIL); the thread takes the whole list
+    every 50 ms (sooner for a large backlog), so lines cost no locked queue operation and no
+    thread switch each. A line reaches stdout at most about 50 ms after it was logged.
     """
 
     def __init__(self, stream: TextIO, max_lines: int = _QUEUE_LINES) -> None:
@@ -54,7 +58,7 @@ class LineWriter:
             ACCESS_LOG_DROPPED.inc()
             return
         pending.append(line)
-        if len(pending) == 1:
+        if len(pending) == _WAKE_AT:
             self._wake.set()
 
     def flush(self, timeout: float = 5.0) -> None:
@@ -67,7 +71,10 @@ class LineWriter:
 
     def _run(self) -> None:
         while True:
-            self._wake.wait()
+            # Woken early only by a large backlog or by flush(): each wake-up makes the event
+            # loop's thread hand over the GIL, so a steady stream is written a few times a
+            # second in batches rather than once per burst.
+            self._wake.wait(_WRITE_INTERVAL)
             self._wake.clear()
             # Swap, then write: lines appended from now on go to the new list (and wake us).
             batch, self._pending = self._pending, []
