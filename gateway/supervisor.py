@@ -11,8 +11,9 @@ prometheus-client's multiprocess mode). Then it
 - reloads on SIGHUP, and with ``--watch`` when the file's content changes: an invalid file is
   logged with its problems and counted as ``gateway_config_reloads_total{result="error"}``, and
   the old config keeps serving; a valid one is written to a snapshot every worker swaps to, and
-  counts as a success once every worker acknowledged it. ``server.listen``, ``server.workers``
-  and ``admin.*`` only change on a restart: a reload that changes them says so and keeps them.
+  counts as a success once every worker acknowledged it. ``server.listen``, ``server.workers``,
+  ``admin.*`` and ``logging.level`` only change on a restart (`describe.needs_restart`): a
+  reload that changes them says so and keeps them.
 - drains on SIGTERM or SIGINT: /readyz answers 503 at once, every worker gets SIGTERM and
   finishes its in-flight requests within ``server.timeouts.drain`` (stragglers are killed 5 s
   after that), then the admin listener stops and the process exits 0.
