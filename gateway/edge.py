@@ -41,9 +41,13 @@ class EdgeSettings:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RequestHead:
-    """What the server adapter read off the wire, before validation."""
+    """What the server adapter read off the wire, before validation.
+
+    Not frozen: one is built per request, and a frozen dataclass's __init__ is several times
+    slower. Nothing changes it after construction.
+    """
 
     method: str
     raw_target: str  # as aiohttp decoded it: utf-8 with surrogateescape, so it round-trips

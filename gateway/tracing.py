@@ -10,7 +10,7 @@ traceparent).
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from gateway.messages import Headers
 
@@ -19,8 +19,9 @@ _ZERO_TRACE = b"0" * 32
 _ZERO_SPAN = b"0" * 16
 
 
-@dataclass(frozen=True, slots=True)
-class TraceContext:
+class TraceContext(NamedTuple):
+    # A NamedTuple, not a frozen dataclass: one is built per request, and a frozen dataclass's
+    # __init__ (object.__setattr__ per field) costs several times more.
     trace_id: str
     # The traceparent value to send upstream.
     header: bytes
@@ -56,13 +57,15 @@ def apply_trace_context(headers: Headers) -> TraceContext:
             found = value
             break
     parsed = parse_traceparent(found) if found is not None else None
-    span = f"{random.getrandbits(64) or 1:016x}".encode()
+    # One draw for a new trace id (128 bits) and this hop's span id (64 bits). All-zero ids are
+    # invalid (§3.2.2.3); the chance is 2**-64, and the lowest bit is forced for the span.
+    ids = f"{random.getrandbits(192) | 1:048x}"
     if parsed is not None:
-        trace_id, flags = parsed
-        header = b"00-" + trace_id + b"-" + span + b"-" + flags
+        trace_text = parsed[0].decode("ascii")
+        header = f"00-{trace_text}-{ids[32:]}-".encode() + parsed[1]
     else:
-        trace_id = f"{random.getrandbits(128) or 1:032x}".encode()
-        header = b"00-" + trace_id + b"-" + span + b"-01"
+        trace_text = ids[:32]
+        header = f"00-{trace_text}-{ids[32:]}-01".encode()
     if found is None:
         headers.append((b"traceparent", header))
     else:
@@ -79,4 +82,4 @@ def apply_trace_context(headers: Headers) -> TraceContext:
             elif lowered != b"tracestate" or parsed is not None:
                 kept.append((name, value))
         headers[:] = kept
-    return TraceContext(trace_id=trace_id.decode("ascii"), header=header)
+    return TraceContext(trace_text, header)
