@@ -16,6 +16,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 
@@ -195,3 +196,56 @@ def start_gateway_process(
         process.kill()
     process.wait()
     raise AssertionError("gateway did not start:\n" + log_path.read_text(errors="replace"))
+
+
+def echo_app(name: str = "echo") -> web.Application:
+    """An upstream that answers with what it received, field by field."""
+
+    async def echo(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        payload = {
+            "upstream": name,
+            "method": request.method,
+            "target": request.raw_path,
+            "version": f"{request.version.major}.{request.version.minor}",
+            "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in request.raw_headers],
+            "body": body.decode("latin-1"),
+        }
+        response = web.json_response(payload)
+        response.headers.add("Set-Cookie", "a=1")
+        response.headers.add("Set-Cookie", "b=2")
+        response.headers["Connection"] = "X-Secret"
+        response.headers["X-Secret"] = "hop"
+        response.headers["Keep-Alive"] = "timeout=5"
+        response.headers["X-Request-ID"] = "from-upstream"
+        return response
+
+    async def no_content(_: web.Request) -> web.Response:
+        return web.Response(status=204)
+
+    async def not_modified(_: web.Request) -> web.Response:
+        return web.Response(status=304, headers={"ETag": '"v1"'})
+
+    async def slow(_: web.Request) -> web.Response:
+        await asyncio.sleep(5)
+        return web.Response(text="late")
+
+    async def stream(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for index in range(3):
+            await response.write(f"part{index};".encode())
+        await response.write_eof()
+        return response
+
+    app = web.Application()
+    app.router.add_route("*", "/204", no_content)
+    app.router.add_route("*", "/304", not_modified)
+    app.router.add_route("*", "/slow", slow)
+    app.router.add_route("*", "/stream", stream)
+    app.router.add_route("*", "/{tail:.*}", echo)
+    return app
+
+
+def fields_of(payload: dict[str, Any], name: str) -> list[str]:
+    return [v for k, v in payload["headers"] if k.lower() == name.lower()]

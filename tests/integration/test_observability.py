@@ -4,32 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import aiohttp
-import pytest
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import RunningGateway, start
 from gateway.config.model import AdminConfig, ListenAddress, RouteConfig, RouteMatch
-from tests.harness import LOCAL, gateway_config, serve_app, upstream_to
-from tests.integration.test_proxy import echo_app, fields_of
-
-
-@pytest.fixture
-async def echo_port() -> AsyncIterator[int]:
-    async with serve_app(echo_app()) as port:
-        yield port
-
-
-@pytest.fixture
-async def gateways() -> AsyncIterator[list[RunningGateway]]:
-    started: list[RunningGateway] = []
-    yield started
-    for gateway in started:
-        await gateway.drain(1.0)
+from tests.harness import LOCAL, echo_app, fields_of, gateway_config, serve_app, upstream_to
 
 
 def unique(prefix: str) -> str:

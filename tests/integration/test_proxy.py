@@ -24,6 +24,8 @@ from gateway.config.model import (
 )
 from tests.harness import (
     LOCAL,
+    echo_app,
+    fields_of,
     gateway_config,
     parse_raw_response,
     raw_exchange,
@@ -32,77 +34,10 @@ from tests.harness import (
 )
 
 
-def echo_app(name: str = "echo") -> web.Application:
-    """An upstream that answers with what it received, field by field."""
-
-    async def echo(request: web.Request) -> web.StreamResponse:
-        body = await request.read()
-        payload = {
-            "upstream": name,
-            "method": request.method,
-            "target": request.raw_path,
-            "version": f"{request.version.major}.{request.version.minor}",
-            "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in request.raw_headers],
-            "body": body.decode("latin-1"),
-        }
-        response = web.json_response(payload)
-        response.headers.add("Set-Cookie", "a=1")
-        response.headers.add("Set-Cookie", "b=2")
-        response.headers["Connection"] = "X-Secret"
-        response.headers["X-Secret"] = "hop"
-        response.headers["Keep-Alive"] = "timeout=5"
-        response.headers["X-Request-ID"] = "from-upstream"
-        return response
-
-    async def no_content(_: web.Request) -> web.Response:
-        return web.Response(status=204)
-
-    async def not_modified(_: web.Request) -> web.Response:
-        return web.Response(status=304, headers={"ETag": '"v1"'})
-
-    async def slow(_: web.Request) -> web.Response:
-        await asyncio.sleep(5)
-        return web.Response(text="late")
-
-    async def stream(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse()
-        await response.prepare(request)
-        for index in range(3):
-            await response.write(f"part{index};".encode())
-        await response.write_eof()
-        return response
-
-    app = web.Application()
-    app.router.add_route("*", "/204", no_content)
-    app.router.add_route("*", "/304", not_modified)
-    app.router.add_route("*", "/slow", slow)
-    app.router.add_route("*", "/stream", stream)
-    app.router.add_route("*", "/{tail:.*}", echo)
-    return app
-
-
-@pytest.fixture
-async def echo_port() -> AsyncIterator[int]:
-    async with serve_app(echo_app()) as port:
-        yield port
-
-
-@pytest.fixture
-async def gateways() -> AsyncIterator[list[RunningGateway]]:
-    started: list[RunningGateway] = []
-    yield started
-    for gateway in started:
-        await gateway.drain(1.0)
-
-
 async def launch(gateways: list[RunningGateway], *args: Any, **kwargs: Any) -> int:
     gateway = await start(gateway_config(*args, **kwargs))
     gateways.append(gateway)
     return gateway.address[1]
-
-
-def fields_of(payload: dict[str, Any], name: str) -> list[str]:
-    return [v for k, v in payload["headers"] if k.lower() == name.lower()]
 
 
 async def test_get_passes_through_with_gateway_fields(
