@@ -345,6 +345,11 @@ class GatewayProtocol(RequestHandler):
         self.max_requests = max_requests
         self.requests_served = 0
         self.peer_ip = ""
+        # The header-read deadline of the head being received, None when no head is pending.
+        # One timer per connection checks it lazily (re-armed only when a later head moved the
+        # deadline): keep-alive requests then cost no timer each, where call_later per request
+        # showed at 1.3% of a worker's profile under wrk.
+        self._head_deadline: float | None = None
         self._head_timer: asyncio.TimerHandle | None = None
         self._awaiting_head = True
 
@@ -352,21 +357,23 @@ class GatewayProtocol(RequestHandler):
         peer = transport.get_extra_info("peername")
         self.peer_ip = str(peer[0]) if isinstance(peer, tuple) else ""
         super().connection_made(transport)
-        self._start_head_timer()
+        self._start_head_deadline()
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        self._cancel_head_timer()
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if data and self._awaiting_head and self._head_timer is None:
-            self._start_head_timer()
+        if data and self._awaiting_head and self._head_deadline is None:
+            self._start_head_deadline()
         pending = len(self._messages)
         super().data_received(data)
         if len(self._messages) > pending:
             # A complete head arrived: its deadline is met.
             self._awaiting_head = False
-            self._cancel_head_timer()
+            self._head_deadline = None
             self._fail_body_on_parse_error()
 
     def _fail_body_on_parse_error(self) -> None:
@@ -394,16 +401,20 @@ class GatewayProtocol(RequestHandler):
             # is already parsed (pipelining) has met its deadline.
             self._awaiting_head = not self._messages
 
-    def _start_head_timer(self) -> None:
-        self._head_timer = self._loop.call_later(self.header_read, self._head_timeout)
+    def _start_head_deadline(self) -> None:
+        deadline = self._head_deadline = self._loop.time() + self.header_read
+        if self._head_timer is None:
+            self._head_timer = self._loop.call_at(deadline, self._check_head_deadline)
 
-    def _cancel_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-
-    def _head_timeout(self) -> None:
+    def _check_head_deadline(self) -> None:
         self._head_timer = None
+        deadline = self._head_deadline
+        if deadline is None:
+            return  # the head arrived; the next one's first byte starts a new deadline
+        if self._loop.time() < deadline:
+            # A later head moved the deadline since this timer was set.
+            self._head_timer = self._loop.call_at(deadline, self._check_head_deadline)
+            return
         if self._request_in_progress or self._messages or self.transport is None:
             return
         request_id = header_rules.new_request_id()

@@ -518,3 +518,33 @@ async def test_idle_keepalive_connection_is_closed_after_the_timeout(
     assert await asyncio.wait_for(reader.read(), 5) == b""
     writer.close()
     await writer.wait_closed()
+
+
+async def test_header_deadline_holds_for_every_request_of_a_keepalive_connection(
+    echo_port: int, gateways: list[RunningGateway]
+) -> None:
+    server = ServerConfig(timeouts=ServerTimeouts(header_read=0.3))
+    port = await launch(gateways, [upstream_to("echo", echo_port)], server=server)
+    reader, writer = await asyncio.open_connection(LOCAL, port)
+
+    async def exchange() -> bytes:
+        writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+        await writer.drain()
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        await reader.readexactly(length)
+        return head
+
+    # Prompt requests over several deadlines' worth of time are never cut off...
+    for _ in range(8):
+        assert (await exchange()).startswith(b"HTTP/1.1 200")
+        await asyncio.sleep(0.1)
+    # ...while a later head that stalls gets its own deadline.
+    writer.write(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ")
+    await writer.drain()
+    rest = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+    await writer.wait_closed()
+    status, fields, _ = parse_raw_response(rest)
+    assert status == 408
+    assert fields["connection"] == ["close"]
