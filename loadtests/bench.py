@@ -1,0 +1,439 @@
+"""The gateway against nginx and HAProxy as reverse proxies, scenario by scenario, in one run.
+
+    .venv/bin/python loadtests/bench.py [--rounds 3] [--duration 10] [--scenarios small,64k]
+        [--targets nginx,gateway] [--idle 10000] [--json out.json] [--png out.png]
+
+Three proxies, one worker (or thread) each, access logs off, keep-alive to the upstreams, all on
+loopback, each configured by this script in a temporary directory:
+
+- nginx: `worker_processes 1`, upstream `keepalive 64`, `keepalive_requests` = the gateway's
+  `max_requests_per_connection` (1000);
+- HAProxy: `nbthread 1`, http mode, `http-reuse always`, no logging (it has no per-connection
+  request limit, so its client connections stay open);
+- the gateway: `workers: 1`, metrics on, access log off.
+
+Upstreams: nginx answering `return 200` with 114 bytes of JSON, and an aiohttp app
+(`loadtests/upstream_app.py`) for the body scenarios. Scenarios (`--scenarios`, all by default):
+
+- `small`: GET / (114 bytes) with `wrk -t1 -c50`;
+- `64k`: GET /bytes/65536 with `wrk -t1 -c50`;
+- `post16k`: POST /echo with a 16 KiB body (a wrk Lua script), `wrk -t1 -c50`;
+- `c1000`: GET / with 1,000 concurrent keep-alive connections (`wrk -t1 -c1000`).
+
+Each scenario runs `--rounds` rounds after a short warm-up; every round runs every target, in an
+order rotated by one per round so that drift on this shared machine hits all alike. The table
+per scenario gives the median requests/s, the median p50 and p99 latency, the errors summed over
+the rounds (non-2xx responses, connect errors, and timeouts: wrk's default of 2 s a request;
+read and write errors are in the JSON), the ratio to nginx, and the CPU time per request of each
+proxy's serving process (utime + stime from /proc of the gateway's worker, nginx's worker and
+HAProxy, over all rounds, divided by the requests wrk counted), in µs.
+
+Idle memory (`--idle N`, 10,000 by default, 0 skips it), measured first, on fresh processes:
+this process opens N keep-alive connections to each proxy, one request each, waits 2 s, and
+reports the serving process's RSS growth per connection (and how many connections the proxy
+closed meanwhile, which should be 0; the gateway's keep-alive timeout is set to 300 s). The fd
+limit is raised to the hard limit (inherited by the proxies); HAProxy refuses to start unless
+twice its maxconn fits it, so with a hard limit of 20,000 it gets 9,900 connections.
+
+Before measuring, every target answers each scenario's request once and the answer is checked
+(body, size, echoed size), so that a wrong route cannot pass for a fast one.
+
+`--json PATH` writes every run and summary; `--png PATH` draws requests/s per scenario and target
+(needs matplotlib: `pip install -e '.[bench]'`).
+
+Needs `nginx`, `wrk` and `haproxy` (Debian packages; installed with apt-get when missing and run
+as root). Ratios within one run matter, not absolute numbers (docs/performance.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.request import Request, urlopen
+
+from targets import (
+    BODY,
+    WrkResult,
+    cpu_seconds,
+    ensure_tools,
+    free_port,
+    gateway_argv,
+    gateway_conf,
+    haproxy_argv,
+    haproxy_conf,
+    haproxy_maxconn,
+    hard_fd_limit,
+    nginx_argv,
+    nginx_proxy_conf,
+    nginx_upstream_conf,
+    raise_fd_limit,
+    rss_bytes,
+    run_wrk,
+    single_child,
+    start,
+    stop,
+    upstream_app_argv,
+    wait_for_port,
+)
+
+POST_SCRIPT = """\
+wrk.method = "POST"
+wrk.body = string.rep("x", 16384)
+wrk.headers["Content-Type"] = "application/octet-stream"
+"""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    title: str
+    path: str
+    connections: int
+    post: bool = False
+
+
+SCENARIOS = {
+    "small": Scenario("small GET (114 B)", "/", 50),
+    "64k": Scenario("64 KiB responses", "/bytes/65536", 50),
+    "post16k": Scenario("16 KiB POST bodies", "/echo", 50, post=True),
+    "c1000": Scenario("small GET, 1,000 keep-alive connections", "/", 1000),
+}
+TARGETS = ("nginx", "haproxy", "gateway")
+
+
+@dataclass
+class Target:
+    name: str
+    port: int
+    # The process that serves the requests (nginx's worker, not its master), for CPU and RSS.
+    pid: int
+
+
+def check_answers(targets: list[Target]) -> None:
+    """Each scenario's request through each target reaches the right upstream, whole."""
+    body = b"x" * 16384
+    for target in targets:
+        base = f"http://127.0.0.1:{target.port}"
+        checks = (
+            (Request(f"{base}/"), lambda data: data == BODY.encode()),
+            (Request(f"{base}/bytes/65536"), lambda data: len(data) == 65536),
+            (
+                Request(f"{base}/echo", data=body, method="POST"),
+                lambda data: json.loads(data) == {"received": len(body)},
+            ),
+        )
+        for request, valid in checks:
+            with urlopen(request, timeout=10) as response:
+                data = response.read()
+            if not valid(data):
+                sys.exit(f"{target.name}: wrong answer to {request.full_url}: {data[:200]!r}")
+
+
+def summarise(runs: list[WrkResult], cpu: float) -> dict[str, float]:
+    requests = sum(run.requests for run in runs)
+    return {
+        "rps": statistics.median(run.requests_per_s for run in runs),
+        "p50_ms": statistics.median(run.p50_ms for run in runs),
+        "p99_ms": statistics.median(run.p99_ms for run in runs),
+        "errors": sum(run.errors for run in runs),
+        "requests": requests,
+        "cpu_us_per_request": cpu / requests * 1e6 if requests else 0.0,
+    }
+
+
+def run_scenario(
+    scenario: Scenario,
+    targets: list[Target],
+    *,
+    rounds: int,
+    duration: int,
+    script: Path | None,
+) -> dict[str, Any]:
+    def once(target: Target, seconds: int) -> tuple[WrkResult, float]:
+        before = cpu_seconds(target.pid)
+        result = run_wrk(
+            f"http://127.0.0.1:{target.port}{scenario.path}",
+            seconds,
+            scenario.connections,
+            script=script,
+        )
+        return result, cpu_seconds(target.pid) - before
+
+    for target in targets:  # warm-up: connection pools, caches, the JIT-less interpreter's dicts
+        once(target, 1)
+    runs: dict[str, list[WrkResult]] = {target.name: [] for target in targets}
+    cpu: dict[str, float] = dict.fromkeys(runs, 0.0)
+    for index in range(rounds):
+        shift = index % len(targets)
+        for target in targets[shift:] + targets[:shift]:
+            result, used = once(target, duration)
+            runs[target.name].append(result)
+            cpu[target.name] += used
+    return {
+        name: {"summary": summarise(results, cpu[name]), "runs": [r.as_dict() for r in results]}
+        for name, results in runs.items()
+    }
+
+
+def print_table(name: str, scenario: Scenario, results: dict[str, Any], args: Any) -> None:
+    print(
+        f"\n{name}: {scenario.title}: {'POST' if scenario.post else 'GET'} {scenario.path}, "
+        f"wrk -t1 -c{scenario.connections} -d{args.duration}s, {args.rounds} rotating rounds"
+    )
+    columns = (
+        ("req/s (median)", 15),
+        ("p50 ms", 8),
+        ("p99 ms", 8),
+        ("errors", 7),
+        ("vs nginx", 9),
+        ("CPU us/req", 11),
+    )
+    print(f"{'target':8} " + " ".join(f"{title:>{width}}" for title, width in columns))
+    nginx_rps = results["nginx"]["summary"]["rps"] if "nginx" in results else None
+    for target, data in results.items():
+        s = data["summary"]
+        ratio = f"{s['rps'] / nginx_rps:9.3f}" if nginx_rps else f"{'-':>9}"
+        print(
+            f"{target:8} {s['rps']:15.0f} {s['p50_ms']:8.2f} {s['p99_ms']:8.2f} "
+            f"{s['errors']:7d} {ratio} {s['cpu_us_per_request']:11.1f}"
+        )
+
+
+# Idle keep-alive connections.
+
+_LENGTH = re.compile(rb"content-length:\s*(\d+)", re.I)
+
+
+async def _open_idle(
+    port: int, count: int, parallel: int = 200
+) -> list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    gate = asyncio.Semaphore(parallel)
+    opened: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+
+    async def one() -> None:
+        async with gate:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            opened.append((reader, writer))
+            writer.write(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = _LENGTH.search(head)
+            await reader.readexactly(int(length.group(1)) if length else 0)
+
+    try:
+        await asyncio.gather(*(one() for _ in range(count)))
+    except BaseException:
+        for _, writer in opened:
+            writer.close()
+        raise
+    return opened
+
+
+async def _idle_memory(target: Target, count: int, settle: float) -> dict[str, float]:
+    before = rss_bytes(target.pid)
+    started = time.monotonic()
+    connections = await _open_idle(target.port, count)
+    opened_in = time.monotonic() - started
+    await asyncio.sleep(settle)
+    after = rss_bytes(target.pid)
+    closed = sum(1 for reader, _ in connections if reader.at_eof())
+    for _, writer in connections:
+        writer.close()
+    await asyncio.gather(*(writer.wait_closed() for _, writer in connections))
+    return {
+        "connections": count,
+        "rss_before": before,
+        "rss_after": after,
+        "bytes_per_connection": (after - before) / count,
+        "closed_by_server": closed,
+        "open_seconds": opened_in,
+    }
+
+
+def idle_memory(targets: list[Target], count: int, settle: float = 2.0) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    for target in targets:
+        # HAProxy cannot take more than its maxconn (bounded by the fd limit) connections.
+        wanted = count
+        if target.name == "haproxy":
+            wanted = min(count, haproxy_maxconn(count + 2000) - 50)
+        results[target.name] = asyncio.run(_idle_memory(target, wanted, settle))
+        time.sleep(1.0)  # let the proxy reap the closed connections before the next one
+    return results
+
+
+def print_idle(results: dict[str, Any]) -> None:
+    if not results:
+        return
+    print("\nidle keep-alive connections (one request each), RSS of the serving process")
+    print(
+        f"{'target':8} {'connections':>11} {'before MiB':>11} {'after MiB':>10} "
+        f"{'bytes/conn':>11} {'closed':>7}"
+    )
+    for name, r in results.items():
+        print(
+            f"{name:8} {r['connections']:11d} {r['rss_before'] / 2**20:11.1f} "
+            f"{r['rss_after'] / 2**20:10.1f} {r['bytes_per_connection']:11.0f} "
+            f"{r['closed_by_server']:7d}"
+        )
+
+
+def draw_png(path: Path, scenarios: dict[str, Any]) -> bool:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("--png: matplotlib is missing (pip install -e '.[bench]'); no chart", file=sys.stderr)
+        return False
+    names = list(scenarios)
+    targets = list(next(iter(scenarios.values())))
+    width = 0.8 / len(targets)
+    figure, axes = plt.subplots(figsize=(2.2 * len(names) + 2, 4.5))
+    for index, target in enumerate(targets):
+        values = [scenarios[name][target]["summary"]["rps"] for name in names]
+        positions = [n + (index - (len(targets) - 1) / 2) * width for n in range(len(names))]
+        axes.bar(positions, values, width, label=target)
+    axes.set_xticks(range(len(names)), names)
+    axes.set_ylabel("requests/s (median)")
+    axes.set_title("one worker each, loopback, wrk -t1")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True
+
+
+def target_argv(name: str, workdir: Path, ports: tuple[int, int, int], maxconn: int) -> list[str]:
+    """The command line of target ``name``; ``ports`` is (small upstream, body upstream, listen)."""
+    if name == "nginx":
+        return nginx_argv(workdir, nginx_proxy_conf(workdir, ports, connections=maxconn))
+    if name == "haproxy":
+        return haproxy_argv(haproxy_conf(workdir, ports, maxconn=maxconn))
+    return gateway_argv(gateway_conf(workdir, "gateway", ports))
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="More in docs/performance.md.",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per scenario (default 3)")
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run (10)")
+    parser.add_argument(
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help=f"comma-separated, from {', '.join(SCENARIOS)} (default: all)",
+    )
+    parser.add_argument(
+        "--targets",
+        default=",".join(TARGETS),
+        help=f"comma-separated, from {', '.join(TARGETS)} (default: all)",
+    )
+    parser.add_argument(
+        "--idle",
+        type=int,
+        default=10_000,
+        help="idle keep-alive connections for the memory measurement (default 10000; 0 skips)",
+    )
+    parser.add_argument("--json", type=Path, help="write every run and summary here")
+    parser.add_argument("--png", type=Path, help="bar chart of requests/s (needs matplotlib)")
+    args = parser.parse_args()
+    for option, known in (("scenarios", SCENARIOS), ("targets", TARGETS)):
+        chosen = [item for item in getattr(args, option).split(",") if item]
+        unknown = [item for item in chosen if item not in known]
+        if unknown or not chosen:
+            parser.error(f"--{option}: unknown {', '.join(unknown) or '(none given)'}")
+        setattr(args, option, chosen)
+    if not 0 <= args.idle <= 15_000:
+        parser.error("--idle: 0 to 15000")
+    return args
+
+
+def main() -> int:
+    args = parse_args()
+    ensure_tools(("nginx", "wrk", "haproxy"))
+    # Children inherit the limit: the proxies hold the idle connections and wrk -c1000 its own.
+    fds = raise_fd_limit(hard_fd_limit())
+    if fds < args.idle + 2000:
+        sys.exit(f"RLIMIT_NOFILE is {fds}: too low for --idle {args.idle}")
+    maxconn = args.idle + 2000
+    small_port, body_port = free_port(), free_port()
+    ports = {name: free_port() for name in args.targets}
+    processes: list[subprocess.Popen[bytes]] = []
+    results: dict[str, Any] = {
+        "settings": {
+            "rounds": args.rounds,
+            "duration": args.duration,
+            "scenarios": {name: vars(SCENARIOS[name]) for name in args.scenarios},
+        },
+        "scenarios": {},
+        "idle": {},
+    }
+    with tempfile.TemporaryDirectory(prefix="gw-bench-") as tmp:
+        workdir = Path(tmp)
+        script = workdir / "post16k.lua"
+        script.write_text(POST_SCRIPT)
+        try:
+            processes.append(
+                start(
+                    nginx_argv(workdir, nginx_upstream_conf(workdir, small_port)),
+                    workdir / "nginx-upstream.log",
+                )
+            )
+            processes.append(start(upstream_app_argv(body_port), workdir / "upstream_app.log"))
+            launched: list[tuple[str, subprocess.Popen[bytes], bool]] = []
+            for name in args.targets:
+                argv = target_argv(name, workdir, (small_port, body_port, ports[name]), maxconn)
+                process = start(argv, workdir / f"{name}.log")
+                processes.append(process)
+                # nginx and the gateway serve from a child process; HAProxy -db from itself.
+                launched.append((name, process, name != "haproxy"))
+            logs = {small_port: "nginx-upstream", body_port: "upstream_app"}
+            logs |= {port: name for name, port in ports.items()}
+            for port, log in logs.items():
+                wait_for_port(port, log=workdir / f"{log}.log")
+            targets = [
+                Target(name, ports[name], single_child(p.pid) if worker else p.pid)
+                for name, p, worker in launched
+            ]
+            check_answers(targets)
+            # Idle memory first, on fresh processes: after the load scenarios (c1000 above all)
+            # a Python worker would reuse freed heap and look cheaper than it is.
+            if args.idle:
+                results["idle"] = idle_memory(targets, args.idle)
+                print_idle(results["idle"])
+                sys.stdout.flush()
+            for name in args.scenarios:
+                scenario = SCENARIOS[name]
+                outcome = run_scenario(
+                    scenario,
+                    targets,
+                    rounds=args.rounds,
+                    duration=args.duration,
+                    script=script if scenario.post else None,
+                )
+                results["scenarios"][name] = outcome
+                print_table(name, scenario, outcome, args)
+                sys.stdout.flush()
+        finally:
+            stop(processes)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    if args.png and draw_png(args.png, results["scenarios"]):
+        print(f"chart: {args.png}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,404 @@
+"""Pieces shared by the load-test scripts: tools, configs, processes, wrk and /proc readings.
+
+Everything listens on 127.0.0.1 with a free port. The upstreams:
+
+- nginx answering `return 200` with 114 bytes of JSON (the small GET, DESIGN.md §2);
+- `upstream_app.py`, an aiohttp app serving `/bytes/N` (N bytes) and `/echo` (reads a POST body
+  and answers its size as JSON), for the body scenarios.
+
+The proxies in front of them route `/bytes/` and `/echo` to the app and everything else to nginx.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import resource
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+# 114 bytes of JSON, as in DESIGN.md §2.
+BODY = (
+    '{"id":12345,"name":"example","tags":["a","b","c"],"active":true,'
+    '"score":98.6,"note":"greetings from the upstream"}'
+)
+HERE = Path(__file__).resolve().parent
+# Client connections are closed after this many requests on every side that has the setting.
+MAX_REQUESTS = 1000
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def ensure_tools(tools: tuple[str, ...] = ("nginx", "wrk")) -> None:
+    """Install the missing Debian packages (the package names are the tools' names)."""
+    missing = [tool for tool in tools if shutil.which(tool) is None]
+    if not missing:
+        return
+    if os.geteuid() != 0:
+        sys.exit(f"missing {', '.join(missing)}: apt-get install -y {' '.join(missing)}")
+    subprocess.run(["apt-get", "update", "-qq"], check=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True)
+
+
+def raise_fd_limit(wanted: int) -> int:
+    """Raise this process's (and so its children's) RLIMIT_NOFILE soft limit; the new limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if target > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        return target
+    return soft
+
+
+def hard_fd_limit() -> int:
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    return 1 << 20 if hard == resource.RLIM_INFINITY else hard
+
+
+def haproxy_maxconn(wanted: int) -> int:
+    """HAProxy refuses to start unless 2 x maxconn (+ a few) fit the fd limit it inherits."""
+    return min(wanted, (hard_fd_limit() - 100) // 2)
+
+
+def wait_for_port(port: int, timeout: float = 15.0, log: Path | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    detail = f":\n{log.read_text(errors='replace')[-2000:]}" if log and log.exists() else ""
+    raise RuntimeError(f"nothing listens on {port}{detail}")
+
+
+def _nginx_preamble(workdir: Path, name: str, connections: int) -> str:
+    return textwrap.dedent(
+        f"""\
+        worker_processes 1;
+        worker_rlimit_nofile {min(2 * connections + 100, hard_fd_limit())};
+        daemon off;
+        pid {workdir}/{name}.pid;
+        error_log {workdir}/{name}-error.log warn;
+        events {{ worker_connections {connections}; }}
+        """
+    )
+
+
+def _nginx_temp_paths(workdir: Path, name: str) -> str:
+    return "\n".join(
+        f"    {kind}_temp_path {workdir}/{name}-{kind};"
+        for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
+
+
+def nginx_upstream_conf(workdir: Path, port: int, connections: int = 4096) -> Path:
+    """nginx answering every request with `return 200` and BODY (the small-GET upstream)."""
+    conf = workdir / "nginx-upstream.conf"
+    conf.write_text(
+        _nginx_preamble(workdir, "nginx-upstream", connections)
+        + "http {\n    access_log off;\n"
+        + _nginx_temp_paths(workdir, "nginx-upstream")
+        + textwrap.dedent(
+            f"""
+                server {{
+                    listen 127.0.0.1:{port} reuseport;
+                    keepalive_requests 100000;
+                    location / {{ default_type application/json; return 200 '{BODY}'; }}
+                }}
+            }}
+            """
+        )
+    )
+    return conf
+
+
+def nginx_proxy_conf(
+    workdir: Path,
+    ports: tuple[int, int, int],
+    *,
+    max_requests: int = MAX_REQUESTS,
+    connections: int = 4096,
+) -> Path:
+    """nginx as a reverse proxy: 1 worker, upstream keep-alive, access log off.
+
+    ``ports`` is (small upstream, body upstream, listen).
+    """
+    small_port, body_port, listen_port = ports
+    conf = workdir / "nginx-proxy.conf"
+    proxy = textwrap.indent(
+        textwrap.dedent(
+            """\
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_set_header Host $host;
+            proxy_set_header X-Forwarded-For $remote_addr;
+            proxy_buffering on;
+            client_max_body_size 10m;
+            client_body_buffer_size 64k;
+            """
+        ),
+        " " * 12,
+    )
+    conf.write_text(
+        _nginx_preamble(workdir, "nginx-proxy", connections)
+        + "http {\n    access_log off;\n"
+        + _nginx_temp_paths(workdir, "nginx-proxy")
+        + textwrap.dedent(
+            f"""
+                keepalive_requests {max_requests};
+                keepalive_timeout 300s;
+                upstream small {{ server 127.0.0.1:{small_port}; keepalive 64; }}
+                upstream body {{ server 127.0.0.1:{body_port}; keepalive 64; }}
+                server {{
+                    listen 127.0.0.1:{listen_port} backlog=4096;
+            """
+        )
+        + "        location / {\n            proxy_pass http://small;\n"
+        + proxy
+        + "        }\n"
+        + "        location ~ ^/(bytes/|echo) {\n            proxy_pass http://body;\n"
+        + proxy
+        + "        }\n    }\n}\n"
+    )
+    return conf
+
+
+def haproxy_conf(workdir: Path, ports: tuple[int, int, int], *, maxconn: int = 4096) -> Path:
+    """HAProxy in http mode: 1 thread, keep-alive to the upstreams, no logging.
+
+    ``ports`` is (small upstream, body upstream, listen). HAProxy has no per-client-connection
+    request limit like nginx's keepalive_requests: its client connections stay open.
+    ``maxconn`` is capped by :func:`haproxy_maxconn`.
+    """
+    maxconn = haproxy_maxconn(maxconn)
+    small_port, body_port, listen_port = ports
+    conf = workdir / "haproxy.cfg"
+    conf.write_text(
+        textwrap.dedent(
+            f"""\
+            global
+                nbthread 1
+                maxconn {maxconn}
+                pidfile {workdir}/haproxy.pid
+            defaults
+                mode http
+                option http-keep-alive
+                http-reuse always
+                timeout connect 5s
+                timeout client 300s
+                timeout server 60s
+                timeout http-request 10s
+                timeout http-keep-alive 300s
+            frontend edge
+                bind 127.0.0.1:{listen_port}
+                maxconn {maxconn}
+                option forwardfor
+                acl body_path path_beg /bytes/ /echo
+                use_backend body if body_path
+                default_backend small
+            backend small
+                server s1 127.0.0.1:{small_port}
+            backend body
+                server b1 127.0.0.1:{body_port}
+            """
+        )
+    )
+    return conf
+
+
+def gateway_conf(
+    workdir: Path,
+    name: str,
+    ports: tuple[int, int, int],
+    *,
+    access_log: bool = False,
+    metrics: bool = True,
+    keepalive: str = "300s",
+) -> Path:
+    """The gateway with 1 worker; ``ports`` is (small upstream, body upstream, listen)."""
+    small_port, body_port, listen_port = ports
+    conf = workdir / f"{name}.yaml"
+    conf.write_text(
+        textwrap.dedent(
+            f"""\
+            server:
+              listen: "127.0.0.1:{listen_port}"
+              workers: 1
+              limits:
+                max_requests_per_connection: {MAX_REQUESTS}
+              timeouts:
+                keepalive: {keepalive}
+            admin:
+              listen: "127.0.0.1:0"
+              metrics: {"true" if metrics else "false"}
+            logging:
+              access_log: {"true" if access_log else "false"}
+            upstreams:
+              small:
+                targets: ["http://127.0.0.1:{small_port}"]
+                pool: {{ max_idle: 64 }}
+              body:
+                targets: ["http://127.0.0.1:{body_port}"]
+                pool: {{ max_idle: 64 }}
+            routes:
+              - name: bytes
+                upstream: body
+                match: {{ path_prefix: /bytes }}
+              - name: echo
+                upstream: body
+                match: {{ path_prefix: /echo }}
+              - name: all
+                upstream: small
+            """
+        )
+    )
+    return conf
+
+
+def start(argv: list[str], log: Path | None = None) -> subprocess.Popen[bytes]:
+    """Start ``argv``; its stderr goes to ``log`` (read by :func:`wait_for_port` on failure)."""
+    if log is None:
+        return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    with log.open("ab") as sink:
+        return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=sink)
+
+
+def stop(processes: list[subprocess.Popen[bytes]]) -> None:
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    for process in processes:
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def upstream_app_argv(port: int) -> list[str]:
+    return [sys.executable, str(HERE / "upstream_app.py"), "--port", str(port)]
+
+
+def gateway_argv(config: Path) -> list[str]:
+    return [sys.executable, "-m", "gateway", "run", "--config", str(config)]
+
+
+def nginx_argv(workdir: Path, conf: Path) -> list[str]:
+    return ["nginx", "-p", str(workdir), "-c", str(conf)]
+
+
+def haproxy_argv(conf: Path) -> list[str]:
+    return ["haproxy", "-db", "-f", str(conf)]
+
+
+# /proc readings (Linux).
+
+
+def children(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found.extend(int(child) for child in (task / "children").read_text().split())
+    return found
+
+
+def single_child(pid: int, timeout: float = 15.0) -> int:
+    """The one child process of ``pid`` (the gateway's or nginx's worker), once it exists."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = children(pid)
+        if len(found) == 1:
+            return found[0]
+        time.sleep(0.05)
+    raise RuntimeError(f"process {pid} has no single child")
+
+
+def rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for {pid}")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of ``pid`` (all its threads), in seconds."""
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    # fields[0] is field 3 (state); utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+# wrk.
+
+
+@dataclass
+class WrkResult:
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    # Non-2xx/3xx responses, connect errors and timeouts. Read/write errors are kept apart:
+    # a server closing a keep-alive connection after its request limit shows up there.
+    errors: int
+    requests: int = 0
+    socket_errors: dict[str, int] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+_UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def _latency_ms(text: str) -> float:
+    match = re.fullmatch(r"([\d.]+)(us|ms|s)", text)
+    if match is None:
+        raise ValueError(text)
+    return float(match.group(1)) * _UNITS[match.group(2)]
+
+
+def _search(pattern: str, text: str) -> str:
+    found = re.search(pattern, text, re.M)
+    if found is None:
+        raise RuntimeError(f"wrk output without {pattern!r}:\n{text}")
+    return found.group(1)
+
+
+def parse_wrk(output: str) -> WrkResult:
+    rps = float(_search(r"Requests/sec:\s+([\d.]+)", output))
+    p50 = _latency_ms(_search(r"^\s+50%\s+(\S+)", output))
+    p99 = _latency_ms(_search(r"^\s+99%\s+(\S+)", output))
+    requests = int(_search(r"^\s*(\d+) requests in", output))
+    socket_errors: dict[str, int] = {}
+    found = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output
+    )
+    if found:
+        socket_errors = dict(
+            zip(("connect", "read", "write", "timeout"), map(int, found.groups()), strict=True)
+        )
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    errors = (int(non2xx.group(1)) if non2xx else 0) + sum(
+        socket_errors.get(kind, 0) for kind in ("connect", "timeout")
+    )
+    return WrkResult(rps, p50, p99, errors, requests, socket_errors)
+
+
+def run_wrk(url: str, duration: int, connections: int, *, script: Path | None = None) -> WrkResult:
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]
+    if script is not None:
+        argv += ["-s", str(script)]
+    output = subprocess.run(
+        [*argv, url], capture_output=True, text=True, check=True, timeout=duration + 60
+    ).stdout
+    return parse_wrk(output)
