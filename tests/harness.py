@@ -249,3 +249,16 @@ def echo_app(name: str = "echo") -> web.Application:
 
 def fields_of(payload: dict[str, Any], name: str) -> list[str]:
     return [v for k, v in payload["headers"] if k.lower() == name.lower()]
+
+
+async def keepalive_get(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+    """One GET on an open keep-alive connection; the response head (its body is read and dropped).
+
+    Only for Content-Length framed answers, which is what the echo upstream sends.
+    """
+    writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+    await writer.drain()
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+    await reader.readexactly(length)
+    return head

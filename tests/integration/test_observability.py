@@ -12,7 +12,15 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.app import RunningGateway, start
 from gateway.config.model import AdminConfig, ListenAddress, RouteConfig, RouteMatch
-from tests.harness import LOCAL, echo_app, fields_of, gateway_config, serve_app, upstream_to
+from tests.harness import (
+    LOCAL,
+    echo_app,
+    fields_of,
+    gateway_config,
+    keepalive_get,
+    serve_app,
+    upstream_to,
+)
 
 
 def unique(prefix: str) -> str:
@@ -116,15 +124,22 @@ async def test_traceparent_is_continued_or_started_upstream(
     assert started[0].endswith("-01")
 
 
-async def test_admin_token_guards_mutating_requests_only(
-    echo_port: int, gateways: list[RunningGateway]
-) -> None:
-    token = "s3cret-token-0123456789"
+TOKEN = "s3cret-token-0123456789"
+
+
+async def start_with_admin_token(echo_port: int, gateways: list[RunningGateway], token: str) -> str:
+    """An in-process gateway whose admin listener needs ``token``; the admin base URL."""
     config = gateway_config([upstream_to("e", echo_port)])
     gateway = await start(replace(config, admin=replace(config.admin, token=token)))
     gateways.append(gateway)
     assert gateway.admin_address is not None
-    admin = f"http://{gateway.admin_address[0]}:{gateway.admin_address[1]}"
+    return f"http://{gateway.admin_address[0]}:{gateway.admin_address[1]}"
+
+
+async def test_admin_token_guards_mutating_requests_only(
+    echo_port: int, gateways: list[RunningGateway]
+) -> None:
+    admin = await start_with_admin_token(echo_port, gateways, TOKEN)
     async with aiohttp.ClientSession() as client:
         async with client.get(f"{admin}/healthz") as response:
             assert response.status == 200
@@ -136,7 +151,7 @@ async def test_admin_token_guards_mutating_requests_only(
         ) as response:
             assert response.status == 401
         async with client.post(
-            f"{admin}/purge", headers={"Authorization": f"Bearer {token}"}
+            f"{admin}/purge", headers={"Authorization": f"Bearer {TOKEN}"}
         ) as response:
             # Past the guard; there is no purge endpoint (yet), so 405/404, never 401.
             assert response.status in (404, 405)
@@ -145,17 +160,12 @@ async def test_admin_token_guards_mutating_requests_only(
 async def test_config_view_has_hash_and_no_secrets(
     echo_port: int, gateways: list[RunningGateway]
 ) -> None:
-    token = "s3cret-token-0123456789"
-    config = gateway_config([upstream_to("e", echo_port)])
-    gateway = await start(replace(config, admin=replace(config.admin, token=token)))
-    gateways.append(gateway)
-    assert gateway.admin_address is not None
-    admin = f"http://{gateway.admin_address[0]}:{gateway.admin_address[1]}"
+    admin = await start_with_admin_token(echo_port, gateways, TOKEN)
     async with aiohttp.ClientSession() as client, client.get(f"{admin}/config") as response:
         assert response.status == 200
         text = await response.text()
         view = await response.json()
-    assert token not in text
+    assert TOKEN not in text
     assert len(view["hash"]) == 64
     assert "routes" in view
 
@@ -238,11 +248,7 @@ async def test_reload_applies_server_limits_to_new_connections(
     keepalive = replace(config.server, timeouts=ServerTimeouts(keepalive=0.2))
     gateway.reload(replace(config, server=keepalive))
     reader, writer = await asyncio.open_connection(LOCAL, gateway.address[1])
-    writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-    await writer.drain()
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-    await reader.readexactly(length)
+    assert (await keepalive_get(reader, writer)).startswith(b"HTTP/1.1 200")
     # The reloaded keep-alive timeout (not the 60 s default) closes the idle connection.
     assert await asyncio.wait_for(reader.read(), 5) == b""
     writer.close()

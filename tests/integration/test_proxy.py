@@ -27,6 +27,7 @@ from tests.harness import (
     echo_app,
     fields_of,
     gateway_config,
+    keepalive_get,
     parse_raw_response,
     raw_exchange,
     serve_app,
@@ -508,12 +509,7 @@ async def test_idle_keepalive_connection_is_closed_after_the_timeout(
     server = ServerConfig(timeouts=ServerTimeouts(keepalive=0.3))
     port = await launch(gateways, [upstream_to("echo", echo_port)], server=server)
     reader, writer = await asyncio.open_connection(LOCAL, port)
-    writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-    await writer.drain()
-    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-    assert head.startswith(b"HTTP/1.1 200")
-    length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-    await reader.readexactly(length)
+    assert (await keepalive_get(reader, writer)).startswith(b"HTTP/1.1 200")
     # Kept alive after the response, then closed by the server once idle for `keepalive`.
     assert await asyncio.wait_for(reader.read(), 5) == b""
     writer.close()
@@ -526,18 +522,9 @@ async def test_header_deadline_holds_for_every_request_of_a_keepalive_connection
     server = ServerConfig(timeouts=ServerTimeouts(header_read=0.3))
     port = await launch(gateways, [upstream_to("echo", echo_port)], server=server)
     reader, writer = await asyncio.open_connection(LOCAL, port)
-
-    async def exchange() -> bytes:
-        writer.write(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
-        await writer.drain()
-        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-        await reader.readexactly(length)
-        return head
-
     # Prompt requests over several deadlines' worth of time are never cut off...
     for _ in range(8):
-        assert (await exchange()).startswith(b"HTTP/1.1 200")
+        assert (await keepalive_get(reader, writer)).startswith(b"HTTP/1.1 200")
         await asyncio.sleep(0.1)
     # ...while a later head that stalls gets its own deadline.
     writer.write(b"GET / HTTP/1.1\r\nHost: a\r\nX-Slow: ")
