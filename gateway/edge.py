@@ -1,8 +1,8 @@
 """Turn a parsed client request head into a `ProxyRequest`, refusing what the edge must not pass.
 
-aiohttp's C parser (llhttp) already rejects most framing attacks; HARDENING.md §A lists what it
-lets through and the gateway checks here: unsupported versions, Transfer-Encoding on HTTP/1.0,
-missing, repeated or malformed Host, and oversize header blocks.
+llhttp (the parser in `gateway.downstream`) already rejects most framing attacks;
+HARDENING.md §A lists what it lets through and the gateway checks here: unsupported versions,
+Transfer-Encoding on HTTP/1.0, missing, repeated or malformed Host, and oversize header blocks.
 """
 
 from __future__ import annotations
@@ -10,17 +10,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from aiohttp.http_exceptions import HttpProcessingError
-from aiohttp.streams import StreamReader
-
 from gateway import headers as header_rules
 from gateway.config.model import IPNetwork, ServerConfig
 from gateway.errors import BadRequest, HeadersTooLarge, PayloadTooLarge
-from gateway.messages import Headers, ProxyRequest
+from gateway.messages import BodyStream, Headers, ProxyRequest
 from gateway.tracing import apply_trace_context
 
 _SUPPORTED_VERSIONS = frozenset({(1, 0), (1, 1)})
-_ABSOLUTE_PREFIXES = (("http://", "http"), ("https://", "https"))
+_ABSOLUTE_PREFIXES = ((b"http://", "http"), (b"https://", "https"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,33 +40,32 @@ class EdgeSettings:
 
 @dataclass(slots=True)
 class RequestHead:
-    """What the server adapter read off the wire, before validation.
+    """What the connection read off the wire, before validation.
 
     Not frozen: one is built per request, and a frozen dataclass's __init__ is several times
     slower. Nothing changes it after construction.
     """
 
     method: str
-    raw_target: str  # as aiohttp decoded it: utf-8 with surrogateescape, so it round-trips
+    raw_target: bytes  # exactly as received
     version: tuple[int, int]
-    raw_headers: tuple[tuple[bytes, bytes], ...]
+    raw_headers: Headers
     peer_ip: str
 
 
-def split_target(raw_target: str) -> tuple[bytes, str, bytes | None, str | None]:
+def split_target(target: bytes) -> tuple[bytes, str, bytes | None, str | None]:
     """Return (origin-form target, path, authority from absolute-form, its scheme).
 
     RFC 9112 §3.2.2: a server MUST accept the absolute-form; the gateway routes on its host and
     path and forwards the origin-form. The asterisk-form (`OPTIONS *`, §3.2.4) passes as is.
     """
-    target = raw_target.encode("utf-8", "surrogateescape")
     if target.startswith(b"/"):
         query_at = target.find(b"?")
         path = (target if query_at < 0 else target[:query_at]).decode("latin-1")
         return target, path, None, None
     if target == b"*":
         return target, "*", None, None
-    lowered = raw_target[:8].lower()
+    lowered = target[:8].lower()
     for prefix, scheme in _ABSOLUTE_PREFIXES:
         if lowered.startswith(prefix):
             rest = target[len(prefix) :]
@@ -146,51 +142,17 @@ def _has_dot_segment(path: str) -> bool:
     return any(segment in (".", "..") for segment in segments)
 
 
-class RequestBody:
-    """The client's body as it arrives, failing with 413 once it exceeds ``limit``.
-
-    The limit is enforced on the stream (aiohttp's client_max_size only guards read()), so a
-    chunked upload cannot grow past it however it is framed. ``received`` counts the bytes for
-    the access log.
-    """
-
-    __slots__ = ("_content", "_limit", "received")
-
-    def __init__(self, content: StreamReader, limit: int) -> None:
-        self._content = content
-        self._limit = limit
-        self.received = 0
-
-    def __aiter__(self) -> RequestBody:
-        return self
-
-    async def __anext__(self) -> bytes:
-        try:
-            chunk = await self._content.readany()
-        except HttpProcessingError as error:
-            # Broken chunked framing or a body shorter than its Content-Length (RFC 9112 §6.3):
-            # the connection's framing is lost, so answer 400 and close it.
-            raise BadRequest(f"malformed request body: {error.message}") from error
-        if not chunk:
-            raise StopAsyncIteration
-        self.received += len(chunk)
-        if self.received > self._limit:
-            raise PayloadTooLarge(f"request body exceeds {self._limit} bytes")
-        return chunk
-
-
 def build_request(
     head: RequestHead,
     settings: EdgeSettings,
-    content: StreamReader,
+    body: BodyStream | None,
     content_length: int | None,
-    has_body: bool,
 ) -> ProxyRequest:
     """Validate ``head`` and assemble the gateway's request (raises a GatewayError)."""
     target, path, authority, host = check_head(head, settings)
     if content_length is not None and content_length > settings.max_body:
         raise PayloadTooLarge(f"request body exceeds {settings.max_body} bytes")
-    fields: Headers = list(head.raw_headers)
+    fields = head.raw_headers
     peer_trusted = header_rules.is_trusted_peer(head.peer_ip, settings.trusted_proxies)
     if peer_trusted:
         forwarded_for = [v for k, v in fields if k.lower() == b"x-forwarded-for"]
@@ -206,12 +168,6 @@ def build_request(
             if name.lower() == b"expect" and value.strip().lower() == b"100-continue":
                 expect_continue = True
                 break
-    body = None
-    if has_body:
-        body = RequestBody(content, settings.max_body)
-    elif content_length:
-        # A declared length aiohttp did not give a stream for cannot happen; be explicit.
-        raise BadRequest("request body framing is inconsistent")
     end_to_end = header_rules.strip_hop_by_hop(fields)
     trace = apply_trace_context(end_to_end)
     return ProxyRequest(

@@ -41,6 +41,17 @@ class RequestTimeout(GatewayError):
     close_connection = True
 
 
+class ClientClosedRequest(GatewayError):
+    """The client closed its connection before its request was complete.
+
+    Logged with nginx's 499; never sent, since nobody is left to read it.
+    """
+
+    status = 499
+    code = "client_closed_request"
+    close_connection = True
+
+
 class UriTooLong(GatewayError):
     status = 414
     code = "uri_too_long"

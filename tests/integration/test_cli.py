@@ -111,7 +111,7 @@ async def test_demo_serves_through_the_gateway_and_stops_on_sigterm() -> None:
 
 
 def test_json_error_body_shape_is_stable() -> None:
-    from gateway.server import error_body
+    from gateway.downstream.writer import error_body
 
     assert json.loads(error_body("bad_request", "nope", "rid")) == {
         "error": "bad_request",

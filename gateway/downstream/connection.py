@@ -1,0 +1,604 @@
+"""One client connection: an ``asyncio.Protocol`` driving llhttp (httptools) for HTTP/1.1.
+
+Requests on a connection are answered one at a time, in order (RFC 9112 §9.3.2): heads that a
+client pipelines are parsed as they arrive and wait in a short queue, with reading paused when
+the queue is full. Each request's body streams through a bounded buffer (`RequestBody`).
+
+Edge rules enforced here (HARDENING.md §A, §F), each answered with the JSON error body:
+
+* request line longer than ``max_line``: 414; a header field longer than ``max_line``, more
+  than ``max_headers`` fields or a head above ``max_header_bytes``: 431;
+* anything llhttp refuses (bad framing, CL with TE, obs-fold, bare LF, invalid tokens): 400,
+  and the connection closes, since its framing can no longer be trusted;
+* a header-read deadline from accept, and from the first byte of every later request, until
+  the head is complete: 408 and close (slowloris);
+* a keep-alive idle timeout between requests, and a cap on requests per connection.
+
+One timer per connection serves every deadline: it is re-armed lazily only when a later
+deadline moved, so back-to-back keep-alive requests create no timer objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections import deque
+from collections.abc import Callable, Coroutine, Iterable
+from typing import Any, Final, cast
+
+import httptools
+
+from gateway.config.model import ServerConfig
+from gateway.downstream.body import RequestBody
+from gateway.downstream.writer import error_response
+from gateway.edge import RequestHead
+from gateway.errors import (
+    BadRequest,
+    ClientClosedRequest,
+    GatewayError,
+    HeadersTooLarge,
+    RequestTimeout,
+    UriTooLong,
+)
+from gateway.headers import new_request_id
+from gateway.messages import Headers
+
+# Parsed heads waiting behind the request being answered; reading pauses beyond this.
+MAX_PIPELINED: Final = 16
+# After an error answer that leaves a request body unread, keep reading (and discarding) for
+# this long before closing, so that closing does not reset the connection under the answer
+# while the client is still sending (nginx's lingering close does the same).
+LINGER_SECONDS: Final = 2.0
+
+_VERSIONS: Final = {"1.1": (1, 1), "1.0": (1, 0)}
+
+
+class ClientGone(Exception):
+    """The client's connection closed; nothing more can be written to it."""
+
+
+class PendingRequest:
+    """A request head off the wire, with its body stream, waiting for or being handled."""
+
+    __slots__ = ("body", "content_length", "error", "head", "keep_alive")
+
+    def __init__(
+        self,
+        head: RequestHead,
+        *,
+        keep_alive: bool,
+        content_length: int | None,
+        body: RequestBody | None,
+        error: GatewayError | None = None,
+    ) -> None:
+        self.head = head
+        self.keep_alive = keep_alive
+        self.content_length = content_length
+        self.body = body
+        # A request the parser refused: answered with this error, then the connection closes.
+        self.error = error
+
+    @property
+    def body_complete(self) -> bool:
+        body = self.body
+        return body is None or body.complete
+
+
+class ConnectionLimits:
+    """The edge limits of one connection, taken from the config served when it was accepted."""
+
+    __slots__ = (
+        "header_read",
+        "keepalive",
+        "max_body",
+        "max_header_bytes",
+        "max_headers",
+        "max_line",
+        "max_requests",
+    )
+
+    def __init__(self, server: ServerConfig) -> None:
+        limits = server.limits
+        self.header_read = server.timeouts.header_read
+        self.keepalive = server.timeouts.keepalive
+        self.max_body = limits.max_body
+        self.max_header_bytes = limits.max_header_bytes
+        self.max_headers = limits.max_headers
+        self.max_line = limits.max_line
+        self.max_requests = limits.max_requests_per_connection
+
+
+# What the server runs for each request: it writes the response through the connection.
+RequestHandler = Callable[["ClientConnection", PendingRequest], Coroutine[Any, Any, None]]
+
+
+class ConnectionRegistry:
+    """What a connection tells its server (GatewayServer implements it)."""
+
+    def connection_opened(self, conn: ClientConnection) -> None: ...
+
+    def connection_closed(self, conn: ClientConnection) -> None: ...
+
+
+class ClientConnection(asyncio.Protocol):
+    """An accepted client connection."""
+
+    __slots__ = (
+        "_closed",
+        "_content_length",
+        "_current",
+        "_drain_waiter",
+        "_draining",
+        "_field_count",
+        "_handler",
+        "_has_te",
+        "_head_bytes",
+        "_head_deadline",
+        "_header_bytes",
+        "_headers",
+        "_idle_deadline",
+        "_in_head",
+        "_lingering",
+        "_loop",
+        "_parser",
+        "_parsing",
+        "_paused_for",
+        "_queue",
+        "_registry",
+        "_stopped",
+        "_task",
+        "_timer",
+        "_url",
+        "_write_paused",
+        "closed_waiter",
+        "limits",
+        "peer_ip",
+        "requests_served",
+        "response_started",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        registry: ConnectionRegistry,
+        handler: RequestHandler,
+        limits: ConnectionLimits,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self._registry = registry
+        self._handler = handler
+        self.limits = limits
+        self._loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.peer_ip = ""
+        self._parser = httptools.HttpRequestParser(self)
+        # Head being parsed.
+        self._in_head = False
+        self._url = b""
+        self._headers: Headers = []
+        self._field_count = 0
+        self._header_bytes = 0
+        self._head_bytes = 0
+        self._content_length: bytes | None = None
+        self._has_te = False
+        # The message whose body the parser is reading, if any.
+        self._parsing: PendingRequest | None = None
+        # Parsed requests not yet handled; the one being handled is _current.
+        self._queue: deque[PendingRequest] = deque()
+        self._current: PendingRequest | None = None
+        self._task: asyncio.Task[None] | None = None
+        # Parsing stopped for good (an error, CONNECT, or closing): data is ignored.
+        self._stopped = False
+        self._closed = False
+        self._draining = False
+        self._lingering = False
+        # Reasons reading is paused: a bit each for the pipeline queue and a body backlog.
+        self._paused_for = 0
+        self._write_paused = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._head_deadline: float | None = None
+        self._idle_deadline: float | None = None
+        self.requests_served = 0
+        # Whether any byte of the current request's response was written.
+        self.response_started = False
+        self.closed_waiter: asyncio.Future[None] = loop.create_future()
+
+    # ------------------------------------------------------------------ asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        self.peer_ip = str(peer[0]) if isinstance(peer, tuple) else ""
+        self._registry.connection_opened(self)
+        # The first head's deadline runs from accept: a connection that sends nothing is a
+        # slowloris too.
+        self._head_deadline = self._loop.time() + self.limits.header_read
+        self._arm(self._head_deadline)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._closed = True
+        self._stopped = True
+        timer = self._timer
+        if timer is not None:
+            self._timer = None
+            timer.cancel()
+        gone = ClientClosedRequest("client closed the connection before sending the whole body")
+        parsing = self._parsing
+        if parsing is not None and parsing.body is not None:
+            parsing.body.fail(gone)
+        for pending in self._queue:
+            if pending.body is not None:
+                pending.body.fail(gone)
+        self._queue.clear()
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ClientGone())
+        self._registry.connection_closed(self)
+        if not self.closed_waiter.done():
+            self.closed_waiter.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        if self._stopped:
+            return  # after an error or while lingering: discarded
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._upgraded(data, upgrade)
+        except httptools.HttpParserError as exc:
+            cause = exc.__context__
+            if isinstance(cause, GatewayError):
+                self._parse_failed(cause)
+            else:
+                self._parse_failed(
+                    BadRequest(str(exc)), in_body_message=f"malformed request body: {exc}"
+                )
+        else:
+            if self._in_head:
+                self._head_bytes += len(data)
+                # httptools holds a field in memory until it ends: bound the head as a whole.
+                if self._head_bytes > self.limits.max_header_bytes + 2 * self.limits.max_line:
+                    self._parse_failed(HeadersTooLarge("request head too large"))
+        self._dispatch()
+
+    def eof_received(self) -> bool | None:
+        # The client half-closed: answer what is pending, then close (return False → close
+        # when nothing is pending, since nothing more can arrive).
+        self._stopped = True
+        parsing = self._parsing
+        if parsing is not None and parsing.body is not None:
+            parsing.body.fail(
+                ClientClosedRequest("client closed the connection before sending the whole body")
+            )
+        return self._current is not None or bool(self._queue)
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # ------------------------------------------------------------------ llhttp callbacks
+
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._url = b""
+        self._headers = []
+        self._field_count = 0
+        self._header_bytes = 0
+        self._head_bytes = 0
+        self._content_length = None
+        self._has_te = False
+        self._idle_deadline = None
+        if self._head_deadline is None:
+            # A fresh connection keeps the deadline it got at accept.
+            self._head_deadline = deadline = self._loop.time() + self.limits.header_read
+            self._arm(deadline)
+
+    def on_url(self, url: bytes) -> None:
+        # llhttp hands the target over in pieces as it arrives.
+        url = self._url = self._url + url if self._url else url
+        if len(url) > self.limits.max_line:
+            raise UriTooLong(f"request target exceeds {self.limits.max_line} bytes")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        limits = self.limits
+        size = len(name) + len(value)
+        if size > limits.max_line:
+            raise HeadersTooLarge(f"a header field exceeds {limits.max_line} bytes")
+        self._field_count += 1
+        if self._field_count > limits.max_headers:
+            raise HeadersTooLarge(f"more than {limits.max_headers} header fields")
+        self._header_bytes += size + 4
+        if self._header_bytes > limits.max_header_bytes:
+            raise HeadersTooLarge(f"header block exceeds {limits.max_header_bytes} bytes")
+        self._headers.append((name, value))
+        # Framing fields, found with a length gate so most fields cost one len().
+        if len(name) == 14:
+            if name.lower() == b"content-length":
+                self._content_length = value
+        elif len(name) == 17 and name.lower() == b"transfer-encoding":
+            self._has_te = True
+
+    def on_headers_complete(self) -> None:
+        self._in_head = False
+        self._head_deadline = None
+        parser = self._parser
+        version_text = parser.get_http_version()
+        version = _VERSIONS.get(version_text)
+        if version is None:
+            major, _, minor = version_text.partition(".")
+            version = (int(major or 0), int(minor or 0))
+        content_length: int | None = None
+        body: RequestBody | None = None
+        if self._content_length is not None:
+            # llhttp has checked it is one run of digits (no sign, list or duplicate).
+            content_length = int(self._content_length)
+            if content_length:
+                body = RequestBody(self, self._loop, self.limits.max_body)
+        elif self._has_te:
+            body = RequestBody(self, self._loop, self.limits.max_body)
+        head = RequestHead(
+            parser.get_method().decode("ascii"), self._url, version, self._headers, self.peer_ip
+        )
+        pending = PendingRequest(
+            head,
+            keep_alive=parser.should_keep_alive(),
+            content_length=content_length,
+            body=body,
+        )
+        self._parsing = pending
+        self._queue.append(pending)
+        if len(self._queue) > MAX_PIPELINED:
+            self._pause(1)
+
+    def on_body(self, data: bytes) -> None:
+        parsing = self._parsing
+        if parsing is not None and parsing.body is not None:
+            parsing.body.feed(data)
+
+    def on_message_complete(self) -> None:
+        parsing = self._parsing
+        if parsing is not None:
+            self._parsing = None
+            if parsing.body is not None:
+                parsing.body.end()
+
+    # ---------------------------------------------------------------------- parse errors
+
+    def _parse_failed(self, error: GatewayError, in_body_message: str | None = None) -> None:
+        """The byte stream broke: the request being parsed gets the error, then we close.
+
+        In the middle of a body the error goes to that body's reader (with
+        ``in_body_message`` when llhttp found it), so the request being forwarded fails with
+        400 instead of waiting for bytes that will never come.
+        """
+        self._stopped = True
+        self._in_head = False
+        self._head_deadline = None
+        parsing = self._parsing
+        if parsing is not None and parsing.body is not None and not parsing.body.complete:
+            # Broken body framing (RFC 9112 §6.3): whoever reads this body answers 400.
+            parsing.body.fail(BadRequest(in_body_message) if in_body_message else error)
+            return
+        self._parsing = None
+        head = RequestHead("", b"", (1, 1), [], self.peer_ip)
+        refused = PendingRequest(
+            head, keep_alive=False, content_length=None, body=None, error=error
+        )
+        self._queue.append(refused)
+
+    def _upgraded(self, data: bytes, upgrade: httptools.HttpParserUpgrade) -> None:
+        """llhttp stopped at a CONNECT or an Upgrade request, after its complete message.
+
+        The gateway does not switch protocols here: an Upgrade request is answered as a plain
+        request (RFC 9110 §7.8 lets a server ignore Upgrade; the field is hop-by-hop and not
+        forwarded) and parsing goes on with a fresh parser after it. What follows a CONNECT
+        would be tunnel bytes: they are discarded and the connection closes after the answer.
+        """
+        last = self._queue[-1] if self._queue else None
+        if last is not None and last.head.method == "CONNECT":
+            last.keep_alive = False
+            self._stopped = True
+            return
+        offset = upgrade.args[0] if upgrade.args else len(data)
+        self._parser = httptools.HttpRequestParser(self)
+        rest = data[offset:]
+        if rest:
+            self.data_received(rest)
+
+    # ---------------------------------------------------------------------- dispatching
+
+    def _dispatch(self) -> None:
+        if self._current is not None or not self._queue or self._closed:
+            return
+        pending = self._current = self._queue.popleft()
+        if self._paused_for & 1 and len(self._queue) <= MAX_PIPELINED:
+            self._resume(1)
+        self.response_started = False
+        self._task = self._loop.create_task(self._run(pending))
+
+    async def _run(self, pending: PendingRequest) -> None:
+        try:
+            await self._handler(self, pending)
+        except ClientGone:
+            pass
+        finally:
+            self._finished(pending)
+
+    def _finished(self, pending: PendingRequest) -> None:
+        self._current = None
+        self._task = None
+        if self._closed:
+            return
+        body = pending.body
+        if self._lingering:
+            return
+        if not self.keep_alive_after(pending):
+            if body is not None and not body.complete:
+                body.discard()
+                self._linger()
+            else:
+                self.close()
+            return
+        if self._queue:
+            self._dispatch()
+        elif self._stopped:
+            self.close()
+        elif self._in_head:
+            # A pipelined head still arriving: its deadline may already have passed.
+            if self._head_deadline is not None:
+                self._arm(self._head_deadline)
+        else:
+            self._idle_deadline = deadline = self._loop.time() + self.limits.keepalive
+            self._arm(deadline)
+
+    def keep_alive_after(self, pending: PendingRequest) -> bool:
+        """Whether the connection may carry another request after ``pending``'s response."""
+        return (
+            pending.keep_alive
+            and pending.error is None
+            and not self._draining
+            and self.requests_served < self.limits.max_requests
+            and (pending.body is None or pending.body.complete)
+            and not (pending.body is not None and pending.body.failed)
+        )
+
+    # ---------------------------------------------------------------------- flow control
+
+    def body_backlog(self, paused: bool) -> None:
+        if paused:
+            self._pause(2)
+        else:
+            self._resume(2)
+
+    def _pause(self, reason: int) -> None:
+        if not self._paused_for and self.transport is not None and not self._closed:
+            self.transport.pause_reading()
+        self._paused_for |= reason
+
+    def _resume(self, reason: int) -> None:
+        was = self._paused_for
+        self._paused_for = was & ~reason
+        if was and not self._paused_for and self.transport is not None and not self._closed:
+            self.transport.resume_reading()
+
+    # -------------------------------------------------------------------------- writing
+
+    def write(self, data: bytes) -> None:
+        if self._closed:
+            raise ClientGone()
+        self.response_started = True
+        cast(asyncio.Transport, self.transport).write(data)
+
+    def writelines(self, parts: Iterable[bytes]) -> None:
+        if self._closed:
+            raise ClientGone()
+        self.response_started = True
+        cast(asyncio.Transport, self.transport).writelines(parts)
+
+    @property
+    def write_paused(self) -> bool:
+        return self._write_paused
+
+    async def drain(self) -> None:
+        """Wait until the socket takes more (backpressure from a slow reader)."""
+        if self._closed:
+            raise ClientGone()
+        if not self._write_paused:
+            return
+        waiter = self._drain_waiter = self._loop.create_future()
+        try:
+            await waiter
+        finally:
+            self._drain_waiter = None
+
+    def send_interim(self, data: bytes) -> None:
+        """Write an interim (1xx) response head; the final response is still to come."""
+        if not self._closed:
+            cast(asyncio.Transport, self.transport).write(data)
+
+    # ------------------------------------------------------------------------- closing
+
+    def close(self) -> None:
+        """Close after what was written is sent."""
+        self._stopped = True
+        if not self._closed and self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        """Drop the connection at once (a response failed after its first byte)."""
+        self._stopped = True
+        if not self._closed and self.transport is not None:
+            self.transport.abort()
+
+    def _linger(self) -> None:
+        """Half-close after the answer, discard what the client still sends, close later."""
+        transport = self.transport
+        if transport is None or self._closed:
+            return
+        self._stopped = True
+        self._lingering = True
+        if self._paused_for:
+            self._paused_for = 0
+            transport.resume_reading()
+        if transport.can_write_eof():
+            transport.write_eof()
+        self._idle_deadline = self._loop.time() + LINGER_SECONDS
+        self._head_deadline = None
+        self._arm(self._idle_deadline)
+
+    def begin_drain(self) -> None:
+        """The server is shutting down: close now if idle, else after the current response."""
+        self._draining = True
+        if self._current is None and not self._queue:
+            self.close()
+
+    @property
+    def busy(self) -> bool:
+        return self._current is not None or bool(self._queue)
+
+    # --------------------------------------------------------------------------- timers
+
+    def _arm(self, deadline: float) -> None:
+        timer = self._timer
+        if timer is not None:
+            if timer.when() <= deadline:
+                return
+            timer.cancel()
+        self._timer = self._loop.call_at(deadline, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self._closed:
+            return
+        due = math.inf
+        if self._head_deadline is not None:
+            due = self._head_deadline
+        if self._idle_deadline is not None:
+            due = min(due, self._idle_deadline)
+        if due == math.inf:
+            return
+        if self._loop.time() < due:
+            self._timer = self._loop.call_at(due, self._on_timer)
+            return
+        if self._lingering:
+            self.abort()
+            return
+        if self._current is not None:
+            return  # a request is being answered; _finished re-arms what is still due
+        if self._head_deadline is not None and self._head_deadline <= due:
+            self._head_deadline = None
+            self._timed_out()
+        else:
+            self.close()  # keep-alive idle timeout: a silent close, as every peer does
+
+    def _timed_out(self) -> None:
+        self._stopped = True
+        error = RequestTimeout("request header not received in time")
+        data = error_response(error, new_request_id(), close=True, head_only=False)
+        cast(asyncio.Transport, self.transport).write(data)
+        self.close()
