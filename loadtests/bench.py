@@ -1,7 +1,8 @@
 """The gateway against nginx and HAProxy as reverse proxies, scenario by scenario, in one run.
 
     .venv/bin/python loadtests/bench.py [--rounds 3] [--duration 10] [--scenarios small,64k]
-        [--targets nginx,gateway] [--idle 10000] [--json out.json] [--png out.png]
+        [--targets nginx,gateway] [--idle 10000] [--no-scaling] [--scaling-threads 2]
+        [--json out.json] [--png out.png]
 
 Three proxies, one worker (or thread) each, access logs off, keep-alive to the upstreams, all on
 loopback, each configured by this script in a temporary directory:
@@ -35,11 +36,27 @@ closed meanwhile, which should be 0; the gateway's keep-alive timeout is set to 
 limit is raised to the hard limit (inherited by the proxies); HAProxy refuses to start unless
 twice its maxconn fits it, so with a hard limit of 20,000 it gets 9,900 connections.
 
+Scaling (`--scaling`, on by default; `--no-scaling` skips it), last, on fresh processes: the
+`small` scenario against nginx with `worker_processes 1` and `2` and against the gateway with
+`workers: 1` and `2` (those of `--targets` that are nginx or the gateway), all four in every round,
+rotated as above. Every one of these runs uses `wrk -t2 -c50` (`--scaling-threads`): the same wrk
+on both sides of a ratio, so that more wrk threads cannot pass for a worker's gain, and two so
+that one wrk thread does not cap the two-worker side. With 2 workers each has its own listening
+socket on the port (SO_REUSEPORT: the gateway's supervisor starts two worker processes; nginx gets
+`reuseport`), so the kernel spreads the connections alike on both sides; the run waits until both
+sockets listen, and the CPU per request sums the workers' processes (not the supervisor or the
+master). The table gives requests/s, p99, errors and CPU per request for each, the ratio of 2
+workers to 1 per proxy, and the gateway's ratio over nginx's. wrk and the upstream nginx compete
+for this machine's 2 cores with the proxy, so 2.0 is out of reach: nginx's ratio is the ceiling
+here, and the gateway's relative to it (1.0: as well as nginx) is the figure that says whether
+`workers: auto` scales.
+
 Before measuring, every target answers each scenario's request once and the answer is checked
 (body, size, echoed size), so that a wrong route cannot pass for a fast one.
 
-`--json PATH` writes every run and summary; `--png PATH` draws requests/s per scenario and target
-(needs matplotlib: `pip install -e '.[bench]'`).
+`--json PATH` writes every run and summary (the scaling section under `scaling`); `--png PATH`
+draws requests/s per scenario and target (needs matplotlib: `pip install -e '.[bench]'`; the
+scaling section is not drawn).
 
 Needs `nginx`, `wrk` and `haproxy` (Debian packages; installed with apt-get when missing and run
 as root). Ratios within one run matter, not absolute numbers (docs/performance.md).
@@ -56,6 +73,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -79,11 +97,12 @@ from targets import (
     raise_fd_limit,
     rss_bytes,
     run_wrk,
-    single_child,
     start,
     stop,
     upstream_app_argv,
+    wait_for_listeners,
     wait_for_port,
+    worker_children,
 )
 
 POST_SCRIPT = """\
@@ -114,8 +133,16 @@ TARGETS = ("nginx", "haproxy", "gateway")
 class Target:
     name: str
     port: int
-    # The process that serves the requests (nginx's worker, not its master), for CPU and RSS.
-    pid: int
+    # The processes that serve the requests (nginx's workers, not its master; the gateway's
+    # workers, not its supervisor), for CPU and RSS.
+    pids: tuple[int, ...]
+
+    def cpu(self) -> float:
+        """The CPU seconds used so far by all the serving processes together."""
+        return sum(cpu_seconds(pid) for pid in self.pids)
+
+    def rss(self) -> int:
+        return sum(rss_bytes(pid) for pid in self.pids)
 
 
 def check_answers(targets: list[Target]) -> None:
@@ -157,16 +184,18 @@ def run_scenario(
     rounds: int,
     duration: int,
     script: Path | None,
+    threads: int = 1,
 ) -> dict[str, Any]:
     def once(target: Target, seconds: int) -> tuple[WrkResult, float]:
-        before = cpu_seconds(target.pid)
+        before = target.cpu()
         result = run_wrk(
             f"http://127.0.0.1:{target.port}{scenario.path}",
             seconds,
             scenario.connections,
             script=script,
+            threads=threads,
         )
-        return result, cpu_seconds(target.pid) - before
+        return result, target.cpu() - before
 
     for target in targets:  # warm-up: connection pools, caches, the JIT-less interpreter's dicts
         once(target, 1)
@@ -208,6 +237,145 @@ def print_table(name: str, scenario: Scenario, results: dict[str, Any], args: An
         )
 
 
+# Scaling: the small GET against 1 and 2 workers of nginx and of the gateway.
+
+SCALING_TARGETS = ("nginx", "gateway")
+SCALING_WORKERS = (1, 2)
+SCALING_SCENARIO = "small"
+
+
+def ratio(numerator: float | None, denominator: float | None) -> float | None:
+    """``numerator / denominator``; None when either is missing or the denominator is not > 0."""
+    if numerator is None or denominator is None or denominator <= 0:
+        return None
+    return numerator / denominator
+
+
+def scaling_ratios(rps: Mapping[str, Mapping[int, float]]) -> dict[str, Any]:
+    """Each target's median requests/s with 2 workers over 1, and the gateway's ratio over nginx's.
+
+    ``rps`` maps target -> workers -> median requests/s. nginx's ratio is what this machine
+    allows (wrk and the upstream share its cores), so the gateway's is judged against it. A
+    ratio is None when a side was not run or its denominator is 0: a 1-worker run that served
+    nothing must not make the 2-worker one look infinitely better.
+    """
+    ratios = {target: ratio(by.get(2), by.get(1)) for target, by in rps.items()}
+    return {
+        "ratio_2w_1w": ratios,
+        "gateway_vs_nginx": ratio(ratios.get("gateway"), ratios.get("nginx")),
+    }
+
+
+def scaling_label(name: str, workers: int) -> str:
+    return f"{name}-{workers}w"
+
+
+def scaling_argv(name: str, workers: int, workdir: Path, ports: tuple[int, int, int]) -> list[str]:
+    """``ports`` is (small upstream, body upstream, listen), as in :func:`target_argv`."""
+    label = scaling_label(name, workers)
+    if name == "nginx":
+        return nginx_argv(workdir, nginx_proxy_conf(workdir, ports, name=label, workers=workers))
+    return gateway_argv(gateway_conf(workdir, label, ports, workers=workers))
+
+
+def start_scaling_targets(
+    names: list[str],
+    workdir: Path,
+    upstreams: tuple[int, int],
+    processes: list[subprocess.Popen[bytes]],
+) -> list[Target]:
+    """Start every target with 1 and 2 workers (appended to ``processes``); once all serve."""
+    launched: list[tuple[str, int, int, subprocess.Popen[bytes]]] = []
+    for name in names:
+        for workers in SCALING_WORKERS:
+            label = scaling_label(name, workers)
+            port = free_port()
+            argv = scaling_argv(name, workers, workdir, (*upstreams, port))
+            process = start(argv, workdir / f"{label}.log")
+            processes.append(process)
+            launched.append((label, workers, port, process))
+    targets: list[Target] = []
+    for label, workers, port, process in launched:
+        wait_for_port(port, log=workdir / f"{label}.log")
+        # The port answers once the first worker listens: measuring then would time one worker
+        # where two were meant.
+        wait_for_listeners(port, workers)
+        targets.append(Target(label, port, worker_children(process.pid, workers)))
+    return targets
+
+
+def run_scaling(
+    names: list[str], workdir: Path, upstreams: tuple[int, int], args: argparse.Namespace
+) -> dict[str, Any]:
+    """The small GET against ``names`` with 1 and 2 workers each, in rotating rounds.
+
+    Fresh processes, stopped at the end: both sides of a ratio start in the same state, and
+    they do not sit in memory during the other scenarios.
+    """
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        targets = start_scaling_targets(names, workdir, upstreams, processes)
+        check_answers(targets)
+        outcome = run_scenario(
+            SCENARIOS[SCALING_SCENARIO],
+            targets,
+            rounds=args.rounds,
+            duration=args.duration,
+            script=None,
+            threads=args.scaling_threads,
+        )
+    finally:
+        stop(processes)
+    by_target = {
+        name: {workers: outcome[scaling_label(name, workers)] for workers in SCALING_WORKERS}
+        for name in names
+    }
+    rps = {
+        name: {workers: data["summary"]["rps"] for workers, data in by_workers.items()}
+        for name, by_workers in by_target.items()
+    }
+    settings = {
+        "scenario": SCALING_SCENARIO,
+        "wrk_threads": args.scaling_threads,
+        "connections": SCENARIOS[SCALING_SCENARIO].connections,
+        "workers": list(SCALING_WORKERS),
+    }
+    return {"settings": settings, "targets": by_target, **scaling_ratios(rps)}
+
+
+def _optional(value: float | None, width: int) -> str:
+    return f"{'-':>{width}}" if value is None else f"{value:{width}.3f}"
+
+
+def print_scaling(results: dict[str, Any], args: argparse.Namespace) -> None:
+    scenario = SCENARIOS[SCALING_SCENARIO]
+    print(
+        f"\nscaling: {scenario.title}: GET {scenario.path}, "
+        f"wrk -t{args.scaling_threads} -c{scenario.connections} -d{args.duration}s "
+        f"for 1 and 2 workers alike, {args.rounds} rotating rounds"
+    )
+    print(
+        f"{'target':8} {'workers':>7} {'req/s (median)':>15} {'p99 ms':>8} {'errors':>7} "
+        f"{'CPU us/req':>11} {'2w/1w':>7}"
+    )
+    for name, by_workers in results["targets"].items():
+        for workers, data in by_workers.items():
+            s = data["summary"]
+            # The ratio goes on the 2-worker line, the one it is about.
+            scaled = results["ratio_2w_1w"][name] if workers == 2 else None
+            shown = _optional(scaled, 7) if workers == 2 else f"{'':7}"
+            print(
+                f"{name:8} {workers:7d} {s['rps']:15.0f} {s['p99_ms']:8.2f} {s['errors']:7d} "
+                f"{s['cpu_us_per_request']:11.1f} {shown}"
+            )
+    relative = results["gateway_vs_nginx"]
+    if relative is not None:
+        print(
+            f"gateway 2w/1w relative to nginx 2w/1w: {relative:.3f} "
+            "(1.0: the gateway gains from a second worker what nginx gains on this machine)"
+        )
+
+
 # Idle keep-alive connections.
 
 _LENGTH = re.compile(rb"content-length:\s*(\d+)", re.I)
@@ -238,12 +406,12 @@ async def _open_idle(
 
 
 async def _idle_memory(target: Target, count: int, settle: float) -> dict[str, float]:
-    before = rss_bytes(target.pid)
+    before = target.rss()
     started = time.monotonic()
     connections = await _open_idle(target.port, count)
     opened_in = time.monotonic() - started
     await asyncio.sleep(settle)
-    after = rss_bytes(target.pid)
+    after = target.rss()
     closed = sum(1 for reader, _ in connections if reader.at_eof())
     for _, writer in connections:
         writer.close()
@@ -346,6 +514,18 @@ def parse_args() -> argparse.Namespace:
         default=10_000,
         help="idle keep-alive connections for the memory measurement (default 10000; 0 skips)",
     )
+    parser.add_argument(
+        "--scaling",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the small GET against 1 and 2 workers of nginx and the gateway (default on)",
+    )
+    parser.add_argument(
+        "--scaling-threads",
+        type=int,
+        default=2,
+        help="wrk threads for every scaling run, 1 and 2 workers alike (default 2)",
+    )
     parser.add_argument("--json", type=Path, help="write every run and summary here")
     parser.add_argument("--png", type=Path, help="bar chart of requests/s (needs matplotlib)")
     args = parser.parse_args()
@@ -357,6 +537,13 @@ def parse_args() -> argparse.Namespace:
         setattr(args, option, chosen)
     if not 0 <= args.idle <= 15_000:
         parser.error("--idle: 0 to 15000")
+    # wrk refuses fewer connections than threads.
+    if not 1 <= args.scaling_threads <= SCENARIOS[SCALING_SCENARIO].connections:
+        parser.error(f"--scaling-threads: 1 to {SCENARIOS[SCALING_SCENARIO].connections}")
+    args.scaling_targets = [name for name in SCALING_TARGETS if name in args.targets]
+    if args.scaling and not args.scaling_targets:
+        print("scaling: skipped, neither nginx nor the gateway is a target", file=sys.stderr)
+        args.scaling = False
     return args
 
 
@@ -379,6 +566,7 @@ def main() -> int:
         },
         "scenarios": {},
         "idle": {},
+        "scaling": {},
     }
     with tempfile.TemporaryDirectory(prefix="gw-bench-") as tmp:
         workdir = Path(tmp)
@@ -404,7 +592,7 @@ def main() -> int:
             for port, log in logs.items():
                 wait_for_port(port, log=workdir / f"{log}.log")
             targets = [
-                Target(name, ports[name], single_child(p.pid) if worker else p.pid)
+                Target(name, ports[name], worker_children(p.pid) if worker else (p.pid,))
                 for name, p, worker in launched
             ]
             check_answers(targets)
@@ -425,6 +613,11 @@ def main() -> int:
                 )
                 results["scenarios"][name] = outcome
                 print_table(name, scenario, outcome, args)
+                sys.stdout.flush()
+            if args.scaling:
+                upstreams = (small_port, body_port)
+                results["scaling"] = run_scaling(args.scaling_targets, workdir, upstreams, args)
+                print_scaling(results["scaling"], args)
                 sys.stdout.flush()
         finally:
             stop(processes)

@@ -83,10 +83,32 @@ def wait_for_port(port: int, timeout: float = 15.0, log: Path | None = None) -> 
     raise RuntimeError(f"nothing listens on {port}{detail}")
 
 
-def _nginx_preamble(workdir: Path, name: str, connections: int) -> str:
+def listeners(port: int) -> int:
+    """How many listening TCP sockets are bound to 127.0.0.1:``port`` (from /proc/net/tcp)."""
+    local = f"0100007F:{port:04X}"
+    rows = (line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:])
+    # The second field is the local address, the fourth the state: 0A is LISTEN.
+    return sum(1 for row in rows if row[1] == local and row[3] == "0A")
+
+
+def wait_for_listeners(port: int, count: int, timeout: float = 15.0) -> None:
+    """Wait until ``count`` sockets listen on ``port``: one per worker with SO_REUSEPORT.
+
+    The port answers as soon as the first worker listens; a benchmark started then would
+    measure one worker where two were meant.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if listeners(port) >= count:
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"{listeners(port)} of {count} sockets listen on {port}")
+
+
+def _nginx_preamble(workdir: Path, name: str, connections: int, workers: int = 1) -> str:
     return textwrap.dedent(
         f"""\
-        worker_processes 1;
+        worker_processes {workers};
         worker_rlimit_nofile {min(2 * connections + 100, hard_fd_limit())};
         daemon off;
         pid {workdir}/{name}.pid;
@@ -130,13 +152,19 @@ def nginx_proxy_conf(
     *,
     max_requests: int = MAX_REQUESTS,
     connections: int = 4096,
+    name: str = "nginx-proxy",
+    workers: int = 1,
 ) -> Path:
-    """nginx as a reverse proxy: 1 worker, upstream keep-alive, access log off.
+    """nginx as a reverse proxy: ``workers`` workers, upstream keep-alive, access log off.
 
-    ``ports`` is (small upstream, body upstream, listen).
+    ``ports`` is (small upstream, body upstream, listen); ``name`` names the config, pid, log
+    and temporary files, so that several instances can share ``workdir``. With more than one
+    worker each gets its own socket (`reuseport`), as the gateway's workers do, so that the
+    kernel spreads the connections alike on both sides.
     """
     small_port, body_port, listen_port = ports
-    conf = workdir / "nginx-proxy.conf"
+    conf = workdir / f"{name}.conf"
+    reuseport = " reuseport" if workers > 1 else ""
     proxy = textwrap.indent(
         textwrap.dedent(
             """\
@@ -152,9 +180,9 @@ def nginx_proxy_conf(
         " " * 12,
     )
     conf.write_text(
-        _nginx_preamble(workdir, "nginx-proxy", connections)
+        _nginx_preamble(workdir, name, connections, workers)
         + "http {\n    access_log off;\n"
-        + _nginx_temp_paths(workdir, "nginx-proxy")
+        + _nginx_temp_paths(workdir, name)
         + textwrap.dedent(
             f"""
                 keepalive_requests {max_requests};
@@ -162,7 +190,7 @@ def nginx_proxy_conf(
                 upstream small {{ server 127.0.0.1:{small_port}; keepalive 64; }}
                 upstream body {{ server 127.0.0.1:{body_port}; keepalive 64; }}
                 server {{
-                    listen 127.0.0.1:{listen_port} backlog=4096;
+                    listen 127.0.0.1:{listen_port} backlog=4096{reuseport};
             """
         )
         + "        location / {\n            proxy_pass http://small;\n"
@@ -226,8 +254,13 @@ def gateway_conf(
     access_log: bool = False,
     metrics: bool = True,
     keepalive: str = "300s",
+    workers: int = 1,
 ) -> Path:
-    """The gateway with 1 worker; ``ports`` is (small upstream, body upstream, listen)."""
+    """The gateway with ``workers`` workers; ``ports`` is (small upstream, body upstream, listen).
+
+    With more than one, the supervisor starts that many worker processes, each listening on the
+    port with SO_REUSEPORT.
+    """
     small_port, body_port, listen_port = ports
     conf = workdir / f"{name}.yaml"
     conf.write_text(
@@ -235,7 +268,7 @@ def gateway_conf(
             f"""\
             server:
               listen: "127.0.0.1:{listen_port}"
-              workers: 1
+              workers: {workers}
               limits:
                 max_requests_per_connection: {MAX_REQUESTS}
               timeouts:
@@ -313,15 +346,15 @@ def children(pid: int) -> list[int]:
     return found
 
 
-def single_child(pid: int, timeout: float = 15.0) -> int:
-    """The one child process of ``pid`` (the gateway's or nginx's worker), once it exists."""
+def worker_children(pid: int, count: int = 1, timeout: float = 15.0) -> tuple[int, ...]:
+    """The ``count`` child processes of ``pid`` (the gateway's or nginx's workers), once there."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = children(pid)
-        if len(found) == 1:
-            return found[0]
+        if len(found) == count:
+            return tuple(sorted(found))
         time.sleep(0.05)
-    raise RuntimeError(f"process {pid} has no single child")
+    raise RuntimeError(f"process {pid} has children {children(pid)}, not {count}")
 
 
 def rss_bytes(pid: int) -> int:
@@ -394,8 +427,15 @@ def parse_wrk(output: str) -> WrkResult:
     return WrkResult(rps, p50, p99, errors, requests, socket_errors)
 
 
-def run_wrk(url: str, duration: int, connections: int, *, script: Path | None = None) -> WrkResult:
-    argv = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]
+def run_wrk(
+    url: str,
+    duration: int,
+    connections: int,
+    *,
+    script: Path | None = None,
+    threads: int = 1,
+) -> WrkResult:
+    argv = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--latency"]
     if script is not None:
         argv += ["-s", str(script)]
     output = subprocess.run(
