@@ -400,17 +400,21 @@ def upstream_request_headers(
 
     peer = peer_ip.encode()
     forwarded_for = b", ".join([*_list_elements(chain), peer]) if chain else peer
-    proto = (_last_element(protos) if protos else None) or scheme.encode()
-    host = (_last_element(hosts) if hosts else None) or authority
-    for name, value in (
-        (b"X-Forwarded-For", forwarded_for),
-        (b"X-Forwarded-Proto", proto),
-        (b"X-Forwarded-Host", host),
-        (b"Via", via),
-        (b"X-Request-ID", request_id),
-    ):
-        if value and not _splits_lines(name, value):
-            append((name, value))
+    # The peer address and the scheme cannot hold CR, LF or NUL; every other value is checked.
+    proto = _last_element(protos) if protos else None
+    if proto is None or _splits_lines(b"", proto):
+        proto = scheme.encode()
+    host = _last_element(hosts) if hosts else None
+    if host is None or _splits_lines(b"", host):
+        host = authority
+    append((b"X-Forwarded-For", forwarded_for))
+    append((b"X-Forwarded-Proto", proto))
+    if host and not _splits_lines(b"", host):
+        append((b"X-Forwarded-Host", host))
+    if via and not _splits_lines(b"", via):
+        append((b"Via", via))
+    if request_id and not _splits_lines(b"", request_id):
+        append((b"X-Request-ID", request_id))
     return out
 
 
@@ -432,7 +436,17 @@ def downstream_response_headers(headers: Headers, *, request_id: bytes, via: byt
     append = out.append
     for name, value in headers:
         lname = name.lower()
-        if lname in _RESPONSE_DROP or (named and lname in named) or _splits_lines(name, value):
+        if (
+            lname in _RESPONSE_DROP
+            or (named and lname in named)
+            # _splits_lines, inlined: this loop runs for every field of every response.
+            or 13 in value
+            or 10 in value
+            or 0 in value
+            or 13 in name
+            or 10 in name
+            or 0 in name
+        ):
             continue
         append((name, value))
     if not _splits_lines(b"Via", via):
