@@ -344,8 +344,12 @@ def upstream_request_headers(
     authority: bytes,
     request_id: bytes,
     via: bytes,
+    end_to_end: bool = False,
 ) -> Headers:
     """The fields to send upstream, from the client's raw fields.
+
+    ``end_to_end`` says the fields Connection names are gone already (`strip_hop_by_hop` ran
+    at the edge, as for every `ProxyRequest`), which saves a second walk to find them.
 
     Removed, in the client's fields: hop-by-hop fields and every field Connection names
     (RFC 9110 §7.6.1); names containing ``_`` (HARDENING.md §B: ``X_Forwarded_For`` becomes
@@ -372,7 +376,7 @@ def upstream_request_headers(
     A gateway value that is empty (no Host on an HTTP/1.0 request) or contains CR, LF or NUL is
     left out rather than written.
     """
-    named = _connection_options(headers)
+    named = frozenset() if end_to_end else _connection_options(headers)
     drop = _REQUEST_DROP if peer_trusted else _REQUEST_DROP_UNTRUSTED
     chain: list[bytes] = []
     protos: list[bytes] = []

@@ -54,6 +54,7 @@ class Forwarder:
             authority=request.authority,
             request_id=request_id,
             via=via_request,
+            end_to_end=True,
         )
         sent = perf_counter()
         try:

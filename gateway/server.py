@@ -156,6 +156,17 @@ class Dispatcher:
             if body is None:
                 conn.write(data)
             else:
+                whole = body.take_complete() if isinstance(body, ResponseBody) else None
+                if whole is not None:
+                    # The whole body is at hand (a small response): one send, no iteration.
+                    if chunked:
+                        if whole:
+                            conn.writelines((data, *chunk(whole), LAST_CHUNK))
+                        else:
+                            conn.write(data + LAST_CHUNK)
+                    else:
+                        conn.writelines((data, whole))
+                    return len(whole)
                 if isinstance(body, ResponseBody) and body.ready():
                     # A body already at hand leaves with the head in one send.
                     try:

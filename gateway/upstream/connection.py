@@ -510,6 +510,27 @@ class UpstreamConnection(asyncio.Protocol):
                 if self._body_waiter is waiter:
                     self._body_waiter = None
 
+    def take_complete(self, body: ResponseBody) -> bytes | None:
+        """The whole rest of the body when the response is complete and buffered, else None.
+
+        The exchange then ends here, synchronously: a small response that arrived in one read
+        goes back to the pool without the coroutine steps (and the StopAsyncIteration) of
+        iterating its body.
+        """
+        if (
+            body.source is not self
+            or self._phase != _DONE
+            or self._error is not None
+            or self._body_task is not None
+        ):
+            return None
+        buf = self._buf
+        data = buf[0] if len(buf) == 1 else b"".join(buf)
+        buf.clear()
+        self._buffered = 0
+        self._finish()
+        return data
+
     def _resume_reading(self) -> None:
         self._reading_paused = False
         if not self._dead:

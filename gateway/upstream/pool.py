@@ -149,7 +149,11 @@ class UpstreamPool:
         index = self._pick_target()
         fresh = False
         while True:
-            conn, reused = await self._acquire(index, fresh=fresh)
+            conn = None if fresh else self._take_idle(index)
+            if conn is not None:
+                reused = True
+            else:
+                conn, reused = await self._acquire(index, fresh=fresh)
             host = self._hosts[conn.target_index]
             head, close = build_head(
                 verb, target, client_authority if host is None else host, headers, framing
@@ -199,6 +203,18 @@ class UpstreamPool:
         index = self._next_target
         self._next_target = (index + 1) % len(self._targets)
         return index
+
+    def _take_idle(self, index: int) -> UpstreamConnection | None:
+        """An idle connection to ``index`` when nobody is queued for one (no await needed)."""
+        if self._waiters:
+            return None
+        stack = self._idle[index]
+        if not stack:
+            return None
+        conn = stack.pop()
+        self._idle_count -= 1
+        conn.take()
+        return conn
 
     async def _acquire(self, index: int, *, fresh: bool) -> tuple[UpstreamConnection, bool]:
         """A connection for ``index`` and whether it was reused; ``fresh`` forbids reuse."""

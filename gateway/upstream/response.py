@@ -17,6 +17,8 @@ class BodySource(Protocol):
 
     def chunk_ready(self) -> bool: ...
 
+    def take_complete(self, body: ResponseBody) -> bytes | None: ...
+
     async def release(self, body: ResponseBody) -> None: ...
 
 
@@ -49,6 +51,16 @@ class ResponseBody:
         """Whether the next step of iteration (a chunk, the end or an error) needs no waiting."""
         source = self.source
         return source is None or source.chunk_ready()
+
+    def take_complete(self) -> bytes | None:
+        """All that is left of the body, if it is complete and at hand; the exchange then ends.
+
+        None when some of it is still to come (or it failed): iterate instead.
+        """
+        source = self.source
+        if source is None:
+            return b"" if self._ended else None
+        return source.take_complete(self)
 
     @property
     def peak_buffered(self) -> int:

@@ -873,3 +873,26 @@ def test_downstream_response_headers_properties(headers: Headers) -> None:
     for name, value in out:
         assert name.lower() not in HOP_BY_HOP
         assert not unsafe(name, value)
+
+
+@given(headers=HEADERS, trusted=st.booleans())
+def test_upstream_request_headers_end_to_end_skips_nothing_it_should_drop(
+    headers: Headers, trusted: bool
+) -> None:
+    # The gateway passes fields strip_hop_by_hop already cleaned (every ProxyRequest's): the
+    # shortcut must give exactly what the full walk gives for them.
+    cleaned = strip_hop_by_hop(headers)
+
+    def forward(end_to_end: bool) -> Headers:
+        return upstream_request_headers(
+            cleaned,
+            peer_trusted=trusted,
+            peer_ip=PEER,
+            scheme="http",
+            authority=b"a.test",
+            request_id=RID,
+            via=VIA,
+            end_to_end=end_to_end,
+        )
+
+    assert forward(True) == forward(False)
