@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import os
 import signal
 import socket
@@ -46,21 +45,6 @@ def require_c_parser() -> None:
         raise StartupError("AIOHTTP_NO_EXTENSIONS is set: the gateway needs aiohttp's C parser")
     if http_parser.HttpRequestParser is http_parser.HttpRequestParserPy:
         raise StartupError("aiohttp's C parser (llhttp) is not available in this install")
-
-
-def tune_gc() -> None:
-    """Keep the cyclic garbage collector off the request path of a serving process.
-
-    Almost everything a request allocates is freed by reference counting, yet with CPython's
-    default thresholds (700, 10, 10) the collector ran every few requests and traversed the
-    whole heap of modules and config several times a second: 3.7% of a worker's CPU under wrk
-    (perf, docs/performance.md). ``gc.freeze`` moves what start-up built out of the collector's
-    sight for good, and a larger first threshold runs young collections a hundred times less
-    often; cycles (tracebacks, mostly) are still collected.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(70_000, 20, 20)
 
 
 @dataclass
@@ -231,7 +215,6 @@ async def serve(
 ) -> int:
     """Serve until SIGTERM or SIGINT, then drain within ``server.timeouts.drain`` and return 0."""
     gateway = await start(config)
-    tune_gc()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):

@@ -119,12 +119,11 @@ def _failed(status: StatusChannel, error: str) -> int:
 
 
 async def _serve(config: GatewayConfig, port: int, status: StatusChannel) -> int:
-    from gateway.app import start, tune_gc
+    from gateway.app import start
     from gateway.observability.logging import get_logger
 
     log = get_logger("worker")
     gateway = await start(config, reuse_port=True, admin=False)
-    tune_gc()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
