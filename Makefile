@@ -24,6 +24,13 @@ check: $(STAMP)
 	$(BIN)/mypy
 	$(BIN)/pytest
 
+# The load test against nginx and HAProxy (docs/performance.md): installs nginx, wrk and haproxy
+# with apt-get when missing, matplotlib for the chart; results in loadtests/results/.
+bench: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
+	mkdir -p loadtests/results
+	$(BIN)/python loadtests/bench.py --json loadtests/results/bench.json --png loadtests/results/bench.png
+
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
