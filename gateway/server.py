@@ -8,9 +8,7 @@ and keeps track of them for the gauges and for draining.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
 from time import perf_counter
-from typing import Any
 
 from gateway import headers as header_rules
 from gateway.downstream.body import RequestBody
@@ -74,7 +72,7 @@ class Dispatcher:
                 if route is None:
                     raise RouteNotFound("no route matches this request")
                 route_name = route.name
-                proxy_request.send_informational = _informational_sender(
+                proxy_request.send_informational = InterimRelay(
                     conn, proxy_request, runtime.via_response
                 )
                 proxy_response = await runtime.handlers[route.name](proxy_request)
@@ -245,31 +243,38 @@ class Dispatcher:
         )
 
 
-def _informational_sender(
-    conn: ClientConnection, proxy_request: ProxyRequest, via: bytes
-) -> Callable[[int, bytes, Headers], Any]:
-    """Relay an upstream interim response to the client (RFC 9110 §15.2).
+class InterimRelay:
+    """Relays an upstream interim response to the client (RFC 9110 §15.2).
 
     Never to an HTTP/1.0 client (§15.2: a server must not send 1xx to one), and 100 only when the
-    client itself asked for it with Expect: 100-continue (§10.1.1).
+    client itself asked for it with Expect: 100-continue (§10.1.1). It holds what it needs, not
+    the request: the request holds it, and a reference back would make a cycle per request
+    that only the garbage collector could free.
     """
 
-    async def send(status: int, reason: bytes, fields: Headers) -> None:
-        if proxy_request.version != (1, 1):
+    __slots__ = ("_conn", "_expect_continue", "_http_11", "_request_id", "_via")
+
+    def __init__(self, conn: ClientConnection, request: ProxyRequest, via: bytes) -> None:
+        self._conn = conn
+        self._http_11 = request.version == (1, 1)
+        self._expect_continue = request.expect_continue
+        self._request_id = request.request_id.encode()
+        self._via = via
+
+    async def __call__(self, status: int, reason: bytes, fields: Headers) -> None:
+        if not self._http_11:
             return
         if status == 100:
-            if proxy_request.expect_continue:
-                conn.send_interim(b"HTTP/1.1 100 Continue\r\n\r\n")
+            if self._expect_continue:
+                self._conn.send_interim(b"HTTP/1.1 100 Continue\r\n\r\n")
             return
         kept = header_rules.downstream_response_headers(
-            fields, request_id=proxy_request.request_id.encode(), via=via
+            fields, request_id=self._request_id, via=self._via
         )
         lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
         lines.extend(name + b": " + value + b"\r\n" for name, value in kept)
         lines.append(b"\r\n")
-        conn.send_interim(b"".join(lines))
-
-    return send
+        self._conn.send_interim(b"".join(lines))
 
 
 class GatewayServer(ConnectionRegistry):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import json
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -252,3 +253,33 @@ async def test_drain_closes_idle_connections_at_once_and_busy_ones_after_their_a
         assert b"Connection: close" in head
         assert body == b"late"
         await asyncio.wait_for(draining, 10)
+
+
+async def test_a_request_leaves_no_cyclic_garbage(
+    echo_port: int, gateways: list[RunningGateway]
+) -> None:
+    # Everything a request allocates must be freed by reference counting: cycles wait for the
+    # collector, and with many of them its pauses showed in p99 (docs/performance.md).
+    gateway = await launch(gateways, echo_port)
+    async with connection(gateway.address[1]) as (reader, writer):
+
+        async def exchange(request: bytes) -> None:
+            writer.write(request)
+            await read_response(reader)
+
+        plain = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"
+        posted = b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r\nabc"
+        for _ in range(20):
+            await exchange(plain)
+        gc.collect()
+        gc.set_debug(gc.DEBUG_SAVEALL)
+        try:
+            for _ in range(50):
+                await exchange(plain)
+                await exchange(posted)
+            gc.collect()
+            leaked = sorted({type(thing).__name__ for thing in gc.garbage})
+            assert not gc.garbage, f"{len(gc.garbage)} objects in cycles: {leaked}"
+        finally:
+            gc.set_debug(0)
+            gc.garbage.clear()
