@@ -26,10 +26,11 @@ check: $(STAMP)
 
 # The load test against nginx and HAProxy (docs/performance.md): installs nginx, wrk and haproxy
 # with apt-get when missing, matplotlib for the chart; results in loadtests/results/.
+# BENCH_ARGS passes options through, e.g. BENCH_ARGS="--rounds 1 --duration 2" for a smoke run.
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	mkdir -p loadtests/results
-	$(BIN)/python loadtests/bench.py --json loadtests/results/bench.json --png loadtests/results/bench.png
+	$(BIN)/python loadtests/bench.py --json loadtests/results/bench.json --png loadtests/results/bench.png $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -47,7 +47,11 @@ def build_head(
     close = False
     for name, value in headers:
         parts += (name, b": ", value, b"\r\n")
-        if len(name) == 10 and name.lower() == b"connection" and b"close" in value.lower():
+        if (
+            len(name) == 10
+            and name.lower() == b"connection"
+            and value.lower().find(b"close") >= 0  # not "in": see UpstreamConnection.on_header
+        ):
             close = True
     parts.append(framing)
     return b"".join(parts), close
