@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from gateway import headers as header_rules
 from gateway.config.model import IPNetwork, ServerConfig
-from gateway.errors import BadRequest, HeadersTooLarge, PayloadTooLarge
+from gateway.errors import BadRequest, PayloadTooLarge
 from gateway.messages import BodyStream, Headers, ProxyRequest
 from gateway.tracing import apply_trace_context
 
@@ -51,6 +51,70 @@ class RequestHead:
     version: tuple[int, int]
     raw_headers: Headers
     peer_ip: str
+    # What the edge needs from the fields, noted as they were parsed (`FieldNotes`), so that
+    # the list is not walked once per question.
+    notes: FieldNotes
+
+
+# What `FieldNotes.note` looks for, by lower-case name.
+_HOST, _TE, _HOP, _REQUEST_ID, _EXPECT, _TRACEPARENT = range(6)
+_NOTABLE: dict[bytes, int] = {
+    b"host": _HOST,
+    b"transfer-encoding": _TE,
+    b"x-request-id": _REQUEST_ID,
+    b"expect": _EXPECT,
+    b"traceparent": _TRACEPARENT,
+    **{name: _HOP for name in header_rules.HOP_BY_HOP if name != b"transfer-encoding"},
+}
+
+
+class FieldNotes:
+    """Facts about a request's fields gathered in the one pass that parses them.
+
+    ``note`` is called for each field in order (by the parser's callback, or by `of` for a
+    list); the edge then answers its questions (one Host? Transfer-Encoding? a hop-by-hop field
+    to strip? the client's X-Request-ID, Expect and traceparent?) without walking the list.
+    """
+
+    __slots__ = ("expect", "has_te", "has_traceparent", "hop_by_hop", "host", "hosts", "request_id")
+
+    def __init__(self) -> None:
+        self.host: bytes | None = None
+        self.hosts = 0
+        self.has_te = False
+        # Any hop-by-hop field (Connection among them): strip_hop_by_hop has work to do.
+        self.hop_by_hop = False
+        self.request_id: bytes | None = None
+        self.expect: bytes | None = None
+        self.has_traceparent = False
+
+    def note(self, name: bytes, value: bytes) -> None:
+        kind = _NOTABLE.get(name.lower())
+        if kind is None:
+            return
+        if kind == _HOST:
+            if self.host is None:
+                self.host = value
+            self.hosts += 1
+        elif kind == _HOP:
+            self.hop_by_hop = True
+        elif kind == _TE:
+            self.has_te = self.hop_by_hop = True
+        elif kind == _REQUEST_ID:
+            if self.request_id is None:
+                self.request_id = value
+        elif kind == _EXPECT:
+            if self.expect is None:
+                self.expect = value
+        else:
+            self.has_traceparent = True
+
+    @classmethod
+    def of(cls, headers: Headers) -> FieldNotes:
+        notes = cls()
+        for name, value in headers:
+            notes.note(name, value)
+        return notes
 
 
 def split_target(target: bytes) -> tuple[bytes, str, bytes | None, str | None]:
@@ -89,24 +153,14 @@ def check_head(head: RequestHead, settings: EdgeSettings) -> tuple[bytes, str, b
     """Validate the head; return (target, path, authority, host) or raise a GatewayError."""
     if head.version not in _SUPPORTED_VERSIONS:
         raise BadRequest(f"unsupported HTTP version {head.version[0]}.{head.version[1]}")
-    host_values: list[bytes] = []
-    header_bytes = 0
-    has_transfer_encoding = False
-    for name, value in head.raw_headers:
-        header_bytes += len(name) + len(value) + 4
-        lowered = name.lower()
-        if lowered == b"host":
-            host_values.append(value)
-        elif lowered == b"transfer-encoding":
-            has_transfer_encoding = True
-    if header_bytes > settings.max_header_bytes:
-        raise HeadersTooLarge(f"header block exceeds {settings.max_header_bytes} bytes")
+    # The header block's size and field count were checked as it was parsed (431).
+    notes = head.notes
     # RFC 9112 §6.1: a server that receives Transfer-Encoding in an HTTP/1.0 message must treat
     # the framing as faulty and close the connection after responding.
-    if has_transfer_encoding and head.version == (1, 0):
+    if notes.has_te and head.version == (1, 0):
         raise BadRequest("Transfer-Encoding is not allowed in HTTP/1.0")
     # RFC 9112 §3.2: exactly one Host in HTTP/1.1; more than one is always an error.
-    if len(host_values) > 1:
+    if notes.hosts > 1:
         raise BadRequest("more than one Host header field")
     target, path, absolute_authority, _ = split_target(head.raw_target)
     if _has_dot_segment(path):
@@ -114,8 +168,8 @@ def check_head(head: RequestHead, settings: EdgeSettings) -> tuple[bytes, str, b
     if absolute_authority is not None:
         # RFC 9112 §3.2.2: the absolute-form's authority replaces the Host field.
         authority = absolute_authority
-    elif host_values:
-        authority = host_values[0]
+    elif notes.host is not None:
+        authority = notes.host
     elif head.version == (1, 1):
         raise BadRequest("missing Host header field")
     else:
@@ -174,15 +228,15 @@ def build_request(
         )
     else:
         client_ip = head.peer_ip
-    request_id = request_id_from(fields)
-    expect_continue = False
-    if head.version == (1, 1):
-        for name, value in fields:
-            if name.lower() == b"expect" and value.strip().lower() == b"100-continue":
-                expect_continue = True
-                break
-    end_to_end = header_rules.strip_hop_by_hop(fields)
-    trace = apply_trace_context(end_to_end)
+    notes = head.notes
+    request_id = _request_id(notes.request_id)
+    expect = notes.expect
+    expect_continue = (
+        expect is not None and head.version == (1, 1) and expect.strip().lower() == b"100-continue"
+    )
+    # The field list is this request's own: without hop-by-hop fields it goes on as it is.
+    end_to_end = header_rules.strip_hop_by_hop(fields) if notes.hop_by_hop else fields
+    trace = apply_trace_context(end_to_end, present=notes.has_traceparent)
     return ProxyRequest(
         method=head.method,
         target=target,
@@ -207,7 +261,11 @@ def request_id_from(fields: Sequence[tuple[bytes, bytes]]) -> str:
     """The client's X-Request-ID when it is well formed, else a fresh one."""
     for name, value in fields:
         if name.lower() == b"x-request-id":
-            if header_rules.is_valid_request_id(value):
-                return value.decode("ascii")
-            break
+            return _request_id(value)
+    return header_rules.new_request_id()
+
+
+def _request_id(value: bytes | None) -> str:
+    if value is not None and header_rules.is_valid_request_id(value):
+        return value.decode("ascii")
     return header_rules.new_request_id()

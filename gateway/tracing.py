@@ -49,13 +49,18 @@ def parse_traceparent(value: bytes) -> tuple[bytes, bytes] | None:
     return trace_id, flags
 
 
-def apply_trace_context(headers: Headers) -> TraceContext:
-    """Set this hop's `traceparent` in ``headers`` (in place) and return the trace context."""
+def apply_trace_context(headers: Headers, *, present: bool = True) -> TraceContext:
+    """Set this hop's `traceparent` in ``headers`` (in place) and return the trace context.
+
+    ``present=False`` says the caller knows there is no traceparent field (the edge noted the
+    fields as it parsed them), which saves looking.
+    """
     found: bytes | None = None
-    for name, value in headers:
-        if len(name) == 11 and name.lower() == b"traceparent":
-            found = value
-            break
+    if present:
+        for name, value in headers:
+            if len(name) == 11 and name.lower() == b"traceparent":
+                found = value
+                break
     parsed = parse_traceparent(found) if found is not None else None
     # One draw for a new trace id (128 bits) and this hop's span id (64 bits). All-zero ids are
     # invalid (§3.2.2.3); the chance is 2**-64, and the lowest bit is forced for the span.

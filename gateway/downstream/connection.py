@@ -31,7 +31,7 @@ import httptools
 from gateway.config.model import ServerConfig
 from gateway.downstream.body import RequestBody
 from gateway.downstream.writer import error_response
-from gateway.edge import RequestHead
+from gateway.edge import FieldNotes, RequestHead
 from gateway.errors import (
     BadRequest,
     ClientClosedRequest,
@@ -131,7 +131,6 @@ class ClientConnection(asyncio.Protocol):
         "_draining",
         "_field_count",
         "_handler",
-        "_has_te",
         "_head_bytes",
         "_head_deadline",
         "_header_bytes",
@@ -140,6 +139,7 @@ class ClientConnection(asyncio.Protocol):
         "_in_head",
         "_lingering",
         "_loop",
+        "_notes",
         "_parser",
         "_parsing",
         "_paused_for",
@@ -180,7 +180,7 @@ class ClientConnection(asyncio.Protocol):
         self._header_bytes = 0
         self._head_bytes = 0
         self._content_length: bytes | None = None
-        self._has_te = False
+        self._notes = FieldNotes()
         # The message whose body the parser is reading, if any.
         self._parsing: PendingRequest | None = None
         # Parsed requests not yet handled; the one being handled is _current.
@@ -291,7 +291,7 @@ class ClientConnection(asyncio.Protocol):
         self._header_bytes = 0
         self._head_bytes = 0
         self._content_length = None
-        self._has_te = False
+        self._notes = FieldNotes()
         self._idle_deadline = None
         if self._head_deadline is None:
             # A fresh connection keeps the deadline it got at accept.
@@ -316,12 +316,10 @@ class ClientConnection(asyncio.Protocol):
         if self._header_bytes > limits.max_header_bytes:
             raise HeadersTooLarge(f"header block exceeds {limits.max_header_bytes} bytes")
         self._headers.append((name, value))
-        # Framing fields, found with a length gate so most fields cost one len().
-        if len(name) == 14:
-            if name.lower() == b"content-length":
-                self._content_length = value
-        elif len(name) == 17 and name.lower() == b"transfer-encoding":
-            self._has_te = True
+        self._notes.note(name, value)
+        # Content-Length, found with a length gate so most fields cost one len().
+        if len(name) == 14 and name.lower() == b"content-length":
+            self._content_length = value
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -339,10 +337,15 @@ class ClientConnection(asyncio.Protocol):
             content_length = int(self._content_length)
             if content_length:
                 body = RequestBody(self, self._loop, self.limits.max_body)
-        elif self._has_te:
+        elif self._notes.has_te:
             body = RequestBody(self, self._loop, self.limits.max_body)
         head = RequestHead(
-            parser.get_method().decode("ascii"), self._url, version, self._headers, self.peer_ip
+            parser.get_method().decode("ascii"),
+            self._url,
+            version,
+            self._headers,
+            self.peer_ip,
+            self._notes,
         )
         pending = PendingRequest(
             head,
@@ -385,7 +388,7 @@ class ClientConnection(asyncio.Protocol):
             parsing.body.fail(BadRequest(in_body_message) if in_body_message else error)
             return
         self._parsing = None
-        head = RequestHead("", b"", (1, 1), [], self.peer_ip)
+        head = RequestHead("", b"", (1, 1), [], self.peer_ip, FieldNotes())
         refused = PendingRequest(
             head, keep_alive=False, content_length=None, body=None, error=error
         )
