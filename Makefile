@@ -3,12 +3,14 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The mypyc-compiled build (setup.py), installed apart from the source tree.
+COMPILED := build/compiled
 
-.PHONY: demo check lint types test bench clean
+.PHONY: demo check lint types test test-compiled compiled bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --upgrade pip "setuptools>=75"
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
@@ -16,21 +18,35 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/gateway demo
 
-# Lint, types and the whole test suite; .ci/run calls exactly this.
+# Lint, types and the whole test suite, on the source and on the compiled build; .ci/run calls
+# exactly this.
 check: $(STAMP)
 	./.ci/system-deps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 	$(BIN)/pytest
+	$(MAKE) test-compiled
+
+# The hot-path modules compiled with mypyc (docs/performance.md), into $(COMPILED).
+compiled: $(STAMP)
+	rm -rf $(COMPILED)
+	GATEWAY_MYPYC=1 $(BIN)/python -m pip install --quiet --no-build-isolation --no-deps --target $(COMPILED) .
+
+# The same suite against the compiled build: it is what the Docker image and make bench run.
+# PYTHONSAFEPATH keeps the source tree off sys.path, also in the gateway processes tests start.
+test-compiled: compiled
+	PYTHONSAFEPATH=1 PYTHONPATH=$(COMPILED) GATEWAY_EXPECT_COMPILED=1 $(BIN)/pytest \
+		--import-mode=append -o pythonpath=$(COMPILED) -p no:cacheprovider
 
 # The load test against nginx and HAProxy (docs/performance.md): installs nginx, wrk and haproxy
 # with apt-get when missing, matplotlib for the chart; results in loadtests/results/.
 # BENCH_ARGS passes options through, e.g. BENCH_ARGS="--rounds 1 --duration 2" for a smoke run.
-bench: $(STAMP)
+bench: compiled
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'
 	mkdir -p loadtests/results
-	$(BIN)/python loadtests/bench.py --json loadtests/results/bench.json --png loadtests/results/bench.png $(BENCH_ARGS)
+	$(BIN)/python loadtests/bench.py --gateway-build $(COMPILED) \
+		--json loadtests/results/bench.json --png loadtests/results/bench.png $(BENCH_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -43,4 +59,4 @@ test: $(STAMP)
 	$(BIN)/pytest
 
 clean:
-	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) build .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -51,6 +51,10 @@ for this machine's 2 cores with the proxy, so 2.0 is out of reach: nginx's ratio
 here, and the gateway's relative to it (1.0: as well as nginx) is the figure that says whether
 `workers: auto` scales.
 
+`--gateway-build PATH` runs the gateway from an installed tree instead of the source checkout:
+`make bench` passes `build/compiled`, the mypyc build of setup.py that the Docker image ships,
+and the output says which build the gateway's worker actually loaded.
+
 Before measuring, every target answers each scenario's request once and the answer is checked
 (body, size, echoed size), so that a wrong route cannot pass for a fast one.
 
@@ -91,6 +95,7 @@ from targets import (
     haproxy_conf,
     haproxy_maxconn,
     hard_fd_limit,
+    loaded_build,
     nginx_argv,
     nginx_proxy_conf,
     nginx_upstream_conf,
@@ -270,12 +275,14 @@ def scaling_label(name: str, workers: int) -> str:
     return f"{name}-{workers}w"
 
 
-def scaling_argv(name: str, workers: int, workdir: Path, ports: tuple[int, int, int]) -> list[str]:
+def scaling_argv(
+    name: str, workers: int, workdir: Path, ports: tuple[int, int, int], build: Path | None
+) -> list[str]:
     """``ports`` is (small upstream, body upstream, listen), as in :func:`target_argv`."""
     label = scaling_label(name, workers)
     if name == "nginx":
         return nginx_argv(workdir, nginx_proxy_conf(workdir, ports, name=label, workers=workers))
-    return gateway_argv(gateway_conf(workdir, label, ports, workers=workers))
+    return gateway_argv(gateway_conf(workdir, label, ports, workers=workers), build)
 
 
 def start_scaling_targets(
@@ -283,6 +290,7 @@ def start_scaling_targets(
     workdir: Path,
     upstreams: tuple[int, int],
     processes: list[subprocess.Popen[bytes]],
+    build: Path | None,
 ) -> list[Target]:
     """Start every target with 1 and 2 workers (appended to ``processes``); once all serve."""
     launched: list[tuple[str, int, int, subprocess.Popen[bytes]]] = []
@@ -290,7 +298,7 @@ def start_scaling_targets(
         for workers in SCALING_WORKERS:
             label = scaling_label(name, workers)
             port = free_port()
-            argv = scaling_argv(name, workers, workdir, (*upstreams, port))
+            argv = scaling_argv(name, workers, workdir, (*upstreams, port), build)
             process = start(argv, workdir / f"{label}.log")
             processes.append(process)
             launched.append((label, workers, port, process))
@@ -314,7 +322,7 @@ def run_scaling(
     """
     processes: list[subprocess.Popen[bytes]] = []
     try:
-        targets = start_scaling_targets(names, workdir, upstreams, processes)
+        targets = start_scaling_targets(names, workdir, upstreams, processes, args.gateway_build)
         check_answers(targets)
         outcome = run_scenario(
             SCENARIOS[SCALING_SCENARIO],
@@ -481,13 +489,15 @@ def draw_png(path: Path, scenarios: dict[str, Any]) -> bool:
     return True
 
 
-def target_argv(name: str, workdir: Path, ports: tuple[int, int, int], maxconn: int) -> list[str]:
+def target_argv(
+    name: str, workdir: Path, ports: tuple[int, int, int], maxconn: int, build: Path | None
+) -> list[str]:
     """The command line of target ``name``; ``ports`` is (small upstream, body upstream, listen)."""
     if name == "nginx":
         return nginx_argv(workdir, nginx_proxy_conf(workdir, ports, connections=maxconn))
     if name == "haproxy":
         return haproxy_argv(haproxy_conf(workdir, ports, maxconn=maxconn))
-    return gateway_argv(gateway_conf(workdir, "gateway", ports))
+    return gateway_argv(gateway_conf(workdir, "gateway", ports), build)
 
 
 def parse_args() -> argparse.Namespace:
@@ -525,6 +535,12 @@ def parse_args() -> argparse.Namespace:
         type=int,
         default=2,
         help="wrk threads for every scaling run, 1 and 2 workers alike (default 2)",
+    )
+    parser.add_argument(
+        "--gateway-build",
+        type=Path,
+        help="run the gateway from this installed tree (`make compiled` writes build/compiled, "
+        "the mypyc build the Docker image ships); default: the source tree",
     )
     parser.add_argument("--json", type=Path, help="write every run and summary here")
     parser.add_argument("--png", type=Path, help="bar chart of requests/s (needs matplotlib)")
@@ -582,7 +598,9 @@ def main() -> int:
             processes.append(start(upstream_app_argv(body_port), workdir / "upstream_app.log"))
             launched: list[tuple[str, subprocess.Popen[bytes], bool]] = []
             for name in args.targets:
-                argv = target_argv(name, workdir, (small_port, body_port, ports[name]), maxconn)
+                argv = target_argv(
+                    name, workdir, (small_port, body_port, ports[name]), maxconn, args.gateway_build
+                )
                 process = start(argv, workdir / f"{name}.log")
                 processes.append(process)
                 # nginx and the gateway serve from a child process; HAProxy -db from itself.
@@ -596,6 +614,12 @@ def main() -> int:
                 for name, p, worker in launched
             ]
             check_answers(targets)
+            gateway_pids = [
+                pid for target in targets if target.name == "gateway" for pid in target.pids
+            ]
+            if gateway_pids:
+                results["settings"]["gateway_build"] = build = loaded_build(gateway_pids[0])
+                print(f"gateway build: {build}", flush=True)
             # Idle memory first, on fresh processes: after the load scenarios (c1000 above all)
             # a Python worker would reuse freed heap and look cheaper than it is.
             if args.idle:

@@ -324,8 +324,22 @@ def upstream_app_argv(port: int) -> list[str]:
     return [sys.executable, str(HERE / "upstream_app.py"), "--port", str(port)]
 
 
-def gateway_argv(config: Path) -> list[str]:
-    return [sys.executable, "-m", "gateway", "run", "--config", str(config)]
+def gateway_argv(config: Path, build: Path | None = None) -> list[str]:
+    """``gateway run``; from ``build`` (an installed tree, e.g. `make compiled`'s) when given.
+
+    PYTHONSAFEPATH keeps the current directory (the source tree) off sys.path, so the build's
+    modules are the ones imported.
+    """
+    argv = [sys.executable, "-m", "gateway", "run", "--config", str(config)]
+    if build is None:
+        return argv
+    return ["env", "PYTHONSAFEPATH=1", f"PYTHONPATH={build.resolve()}", *argv]
+
+
+def loaded_build(pid: int) -> str:
+    """ "compiled" when process ``pid`` mapped the mypyc-compiled server module, else "source"."""
+    maps = Path(f"/proc/{pid}/maps").read_text()
+    return "compiled" if "gateway/server.cpython" in maps else "source"
 
 
 def nginx_argv(workdir: Path, conf: Path) -> list[str]:

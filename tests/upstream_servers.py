@@ -329,5 +329,5 @@ def record_connections(monkeypatch: pytest.MonkeyPatch) -> list[RecordingConnect
     """Make pools build RecordingConnections; returns the list they are added to."""
     made: list[RecordingConnection] = []
     monkeypatch.setattr(RecordingConnection, "made", made)
-    monkeypatch.setattr(pool_module, "UpstreamConnection", RecordingConnection)
+    monkeypatch.setattr(pool_module.UpstreamPool, "connection_class", RecordingConnection)
     return made

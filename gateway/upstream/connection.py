@@ -20,6 +20,7 @@ from collections import deque
 from typing import Final, Protocol, cast
 
 import httptools
+from mypy_extensions import mypyc_attr
 
 from gateway.config.model import UpstreamTimeouts
 from gateway.errors import BadGateway, GatewayError, GatewayTimeout, UpstreamAborted
@@ -70,6 +71,9 @@ def _wake(waiter: asyncio.Future[None] | None) -> None:
         waiter.set_result(None)
 
 
+# Interpreted subclasses allowed: the tests record connections and their flow-control events
+# with one (tests/upstream_servers.py), also against the mypyc-compiled build.
+@mypyc_attr(allow_interpreted_subclasses=True)
 class UpstreamConnection(asyncio.Protocol):
     """A pooled keep-alive connection to one target."""
 

@@ -14,7 +14,7 @@ import contextlib
 import socket
 from collections import deque
 from collections.abc import Sequence
-from typing import Final
+from typing import ClassVar, Final
 
 from gateway.config.model import UpstreamConfig
 from gateway.errors import BadGateway, GatewayTimeout, UpstreamBusy
@@ -65,6 +65,9 @@ class UpstreamPool:
         "config",
         "connections_opened",
     )
+
+    # The class of the connections this pool opens (tests record them with a subclass).
+    connection_class: ClassVar[type[UpstreamConnection]] = UpstreamConnection
 
     def __init__(
         self,
@@ -355,7 +358,7 @@ class UpstreamPool:
     async def _connect(self, index: int) -> UpstreamConnection:
         target = self._targets[index]
         loop = self._get_loop()
-        conn = UpstreamConnection(
+        conn = self.connection_class(
             self, loop, self._timeouts, index, expect_timeout=self._expect_timeout
         )
         try:
