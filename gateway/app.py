@@ -18,6 +18,7 @@ from aiohttp import http_parser, web
 
 from gateway.admin import start_admin
 from gateway.config.model import GatewayConfig, ListenAddress
+from gateway.downstream.listener import Listener
 from gateway.observability import metrics
 from gateway.observability.logging import get_logger
 from gateway.runtime import Runtime
@@ -53,7 +54,7 @@ class RunningGateway:
 
     dispatcher: Dispatcher
     server: GatewayServer
-    listener: asyncio.Server
+    listener: Listener
     admin: web.AppRunner | None
     address: tuple[str, int]
     admin_address: tuple[str, int] | None
@@ -161,7 +162,7 @@ async def start(
     dispatcher = Dispatcher(runtime, request_metrics)
     server = GatewayServer(dispatcher)
     sock = _bind(config.server.listen, reuse_port)
-    listener = await loop.create_server(server, sock=sock, backlog=1024)
+    listener = Listener(loop, sock, server, backlog=1024)
     bound = sock.getsockname()
     sampler = metrics.GaugeSampler(
         inflight=lambda: dispatcher.inflight,

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import gc
 import json
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -283,3 +284,35 @@ async def test_a_request_leaves_no_cyclic_garbage(
         finally:
             gc.set_debug(0)
             gc.garbage.clear()
+
+
+async def test_a_burst_of_connections_is_accepted_in_one_pass(
+    echo_port: int, gateways: list[RunningGateway]
+) -> None:
+    # libuv alone accepts one connection per pass of the loop; a loaded gateway then left a
+    # burst of clients in the kernel's queue for seconds (docs/performance.md, c1000).
+    gateway = await launch(gateways, echo_port)
+    listener = gateway.listener
+    before_wakeups, before_accepted = listener.wakeups, listener.accepted
+    # Connected by the kernel while this loop cannot run: all are queued when it next polls.
+    clients = [socket.create_connection((LOCAL, gateway.address[1])) for _ in range(50)]
+    try:
+        for _ in range(20):
+            await asyncio.sleep(0.01)
+            if listener.accepted - before_accepted == 50:
+                break
+        assert listener.accepted - before_accepted == 50
+        assert listener.wakeups - before_wakeups == 1
+        for client in clients:
+            client.setblocking(False)
+        answered = 0
+        for client in clients:
+            reader, writer = await asyncio.open_connection(sock=client)
+            writer.write(b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+            head, _ = await read_response(reader)
+            answered += head.startswith(b"HTTP/1.1 200 OK\r\n")
+            writer.close()
+        assert answered == 50
+    finally:
+        for client in clients:
+            client.close()
