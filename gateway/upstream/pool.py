@@ -220,15 +220,11 @@ class UpstreamPool:
         return conn
 
     async def _acquire(self, index: int, *, fresh: bool) -> tuple[UpstreamConnection, bool]:
-        """A connection for ``index`` and whether it was reused; ``fresh`` forbids reuse."""
+        """A new connection for ``index``, or one a waiter is handed, and whether it was reused.
+
+        Called when `_take_idle` found nothing; ``fresh`` forbids a handed-over connection.
+        """
         if not self._waiters:
-            if not fresh:
-                stack = self._idle[index]
-                if stack:
-                    conn = stack.pop()
-                    self._idle_count -= 1
-                    conn.take()
-                    return conn, True
             if self._open >= self._max_connections and self._idle_count:
                 # Full, but with idle sockets to other targets: trade one for a new one.
                 self._evict_oldest_idle()
