@@ -7,13 +7,12 @@ Transfer-Encoding on HTTP/1.0, missing, repeated or malformed Host, and oversize
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway import headers as header_rules
 from gateway.config.model import IPNetwork, ServerConfig
 from gateway.errors import BadRequest, PayloadTooLarge
-from gateway.messages import BodyStream, Headers, ProxyRequest
+from gateway.messages import BodyStream, Headers, ProxyRequest, header_values
 from gateway.tracing import apply_trace_context
 
 _SUPPORTED_VERSIONS = frozenset({(1, 0), (1, 1)})
@@ -25,7 +24,6 @@ class EdgeSettings:
     """The parts of the server config the per-request edge checks need, precomputed."""
 
     max_body: int
-    max_header_bytes: int
     trusted_proxies: tuple[IPNetwork, ...]
     scheme: str = "http"
 
@@ -33,7 +31,6 @@ class EdgeSettings:
     def from_config(cls, server: ServerConfig) -> EdgeSettings:
         return cls(
             max_body=server.limits.max_body,
-            max_header_bytes=server.limits.max_header_bytes,
             trusted_proxies=server.trusted_proxies,
         )
 
@@ -149,7 +146,7 @@ def split_target(target: bytes) -> tuple[bytes, str, bytes | None, str | None]:
     raise BadRequest("request target must be origin-form, absolute-form or '*'")
 
 
-def check_head(head: RequestHead, settings: EdgeSettings) -> tuple[bytes, str, bytes, str]:
+def check_head(head: RequestHead) -> tuple[bytes, str, bytes, str]:
     """Validate the head; return (target, path, authority, host) or raise a GatewayError."""
     if head.version not in _SUPPORTED_VERSIONS:
         raise BadRequest(f"unsupported HTTP version {head.version[0]}.{head.version[1]}")
@@ -216,20 +213,20 @@ def build_request(
     content_length: int | None,
 ) -> ProxyRequest:
     """Validate ``head`` and assemble the gateway's request (raises a GatewayError)."""
-    target, path, authority, host = check_head(head, settings)
+    target, path, authority, host = check_head(head)
     if content_length is not None and content_length > settings.max_body:
         raise PayloadTooLarge(f"request body exceeds {settings.max_body} bytes")
     fields = head.raw_headers
     peer_trusted = header_rules.is_trusted_peer(head.peer_ip, settings.trusted_proxies)
     if peer_trusted:
-        forwarded_for = [v for k, v in fields if k.lower() == b"x-forwarded-for"]
+        forwarded_for = header_values(fields, b"x-forwarded-for")
         client_ip = header_rules.resolve_client_ip(
             head.peer_ip, forwarded_for, settings.trusted_proxies
         )
     else:
         client_ip = head.peer_ip
     notes = head.notes
-    request_id = _request_id(notes.request_id)
+    request_id = request_id_of(head)
     expect = notes.expect
     expect_continue = (
         expect is not None and head.version == (1, 1) and expect.strip().lower() == b"100-continue"
@@ -257,15 +254,9 @@ def build_request(
     )
 
 
-def request_id_from(fields: Sequence[tuple[bytes, bytes]]) -> str:
-    """The client's X-Request-ID when it is well formed, else a fresh one."""
-    for name, value in fields:
-        if name.lower() == b"x-request-id":
-            return _request_id(value)
-    return header_rules.new_request_id()
-
-
-def _request_id(value: bytes | None) -> str:
+def request_id_of(head: RequestHead) -> str:
+    """The client's X-Request-ID (its first one) when it is well formed, else a fresh one."""
+    value = head.notes.request_id
     if value is not None and header_rules.is_valid_request_id(value):
         return value.decode("ascii")
     return header_rules.new_request_id()

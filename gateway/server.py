@@ -19,7 +19,7 @@ from gateway.downstream.connection import (
     PendingRequest,
 )
 from gateway.downstream.writer import LAST_CHUNK, chunk, error_response, response_head
-from gateway.edge import RequestHead, build_request, request_id_from
+from gateway.edge import RequestHead, build_request, request_id_of
 from gateway.errors import GatewayError, RouteNotFound, UpstreamAborted
 from gateway.messages import Headers, ProxyRequest, ProxyResponse
 from gateway.observability.access_log import AccessLog
@@ -80,7 +80,7 @@ class Dispatcher:
                 if proxy_request is not None:
                     request_id = proxy_request.request_id
                 else:
-                    request_id = request_id_from(head.raw_headers)
+                    request_id = request_id_of(head)
                 status, bytes_out = self._send_error(conn, pending, error, request_id)
             except Exception as error:  # the boundary: a bug must not kill the connection task
                 log.exception("unhandled error", error=repr(error))
