@@ -18,7 +18,13 @@ from gateway.downstream.connection import (
     ConnectionRegistry,
     PendingRequest,
 )
-from gateway.downstream.writer import LAST_CHUNK, chunk, error_response, response_head
+from gateway.downstream.writer import (
+    LAST_CHUNK,
+    chunk,
+    error_response,
+    interim_head,
+    response_head,
+)
 from gateway.edge import RequestHead, build_request, request_id_of
 from gateway.errors import GatewayError, RouteNotFound, UpstreamAborted
 from gateway.messages import Headers, ProxyRequest, ProxyResponse
@@ -84,7 +90,6 @@ class Dispatcher:
                 status, bytes_out = self._send_error(conn, pending, error, request_id)
             except Exception as error:  # the boundary: a bug must not kill the connection task
                 log.exception("unhandled error", error=repr(error))
-                request_id = proxy_request.request_id if proxy_request else "-"
                 status, bytes_out = self._send_error(
                     conn, pending, GatewayError("internal error"), header_rules.new_request_id()
                 )
@@ -153,35 +158,29 @@ class Dispatcher:
         try:
             if body is None:
                 conn.write(data)
-            else:
-                whole = body.take_complete() if isinstance(body, ResponseBody) else None
+                return 0
+            # What of the body is already at hand leaves with the head, in one send: all of it
+            # for a small response (no iteration then), else the first chunk, else nothing so
+            # that the client sees the head of a slow response at once.
+            first = b""
+            more = True
+            if isinstance(body, ResponseBody):
+                whole = body.take_complete()
                 if whole is not None:
-                    # The whole body is at hand (a small response): one send, no iteration.
-                    if chunked:
-                        if whole:
-                            conn.writelines((data, *chunk(whole), LAST_CHUNK))
-                        else:
-                            conn.write(data + LAST_CHUNK)
-                    else:
-                        conn.writelines((data, whole))
-                    return len(whole)
-                if isinstance(body, ResponseBody) and body.ready():
-                    # A body already at hand leaves with the head in one send.
+                    first, more = whole, False
+                elif body.ready():
                     try:
                         first = await body.__anext__()
                     except StopAsyncIteration:
-                        first = b""
-                    if not first:
-                        conn.write(data + LAST_CHUNK if chunked else data)
-                        return 0
-                    sent = len(first)
-                    if chunked:
-                        conn.writelines((data, *chunk(first)))
-                    else:
-                        conn.writelines((data, first))
-                else:
-                    # Nothing to send with the head yet: let the client see the head now.
-                    conn.write(data)
+                        more = False
+            parts = [data]
+            if first:
+                parts.extend(chunk(first) if chunked else (first,))
+            if chunked and not more:
+                parts.append(LAST_CHUNK)
+            conn.writelines(parts)
+            sent = len(first)
+            if more:
                 async for part in body:
                     if chunked:
                         conn.writelines(chunk(part))
@@ -271,10 +270,7 @@ class InterimRelay:
         kept = header_rules.downstream_response_headers(
             fields, request_id=self._request_id, via=self._via
         )
-        lines = [b"HTTP/1.1 %d %s\r\n" % (status, reason)]
-        lines.extend(name + b": " + value + b"\r\n" for name, value in kept)
-        lines.append(b"\r\n")
-        self._conn.send_interim(b"".join(lines))
+        self._conn.send_interim(interim_head(status, reason, kept))
 
 
 class GatewayServer(ConnectionRegistry):

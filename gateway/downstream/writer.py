@@ -48,9 +48,29 @@ class DateField:
 DATE = DateField()
 
 
-def has_no_body(status: int) -> bool:
-    """1xx, 204 and 304 responses end with their head (RFC 9112 §6.3 rule 1)."""
-    return status < 200 or status in {204, 304}
+def status_line(status: int, reason: bytes = b"") -> bytes:
+    """``HTTP/1.1 status reason``: 1.1 whatever the request said (RFC 9112 §2.3, a server answers
+    with the highest version it conforms to), the standard phrase when ``reason`` is empty."""
+    return b"HTTP/1.1 %d %s\r\n" % (status, reason or reason_phrase(status))
+
+
+def _add_fields(parts: list[bytes], fields: Headers) -> bool:
+    """Append one ``name: value`` line per field; whether a ``Date`` was among them."""
+    append = parts.append
+    has_date = False
+    for name, value in fields:
+        if len(name) == 4 and name.lower() == b"date":
+            has_date = True
+        append(name + b": " + value + _CRLF)
+    return has_date
+
+
+def interim_head(status: int, reason: bytes, fields: Headers) -> bytes:
+    """An interim (1xx) response head: status line and fields, nothing about framing."""
+    parts = [status_line(status, reason)]
+    _add_fields(parts, fields)
+    parts.append(_CRLF)
+    return b"".join(parts)
 
 
 def response_head(
@@ -73,14 +93,9 @@ def response_head(
     (RFC 9112 §9.3). A ``Date`` is added when the fields have none: RFC 9110 §6.6.1 has a
     recipient with a clock append one to a response it forwards without.
     """
-    parts = [b"HTTP/1.1 %d %s\r\n" % (status, reason or reason_phrase(status))]
+    parts = [status_line(status, reason)]
     append = parts.append
-    has_date = False
-    for name, value in fields:
-        if len(name) == 4 and name.lower() == b"date":
-            has_date = True
-        append(name + b": " + value + _CRLF)
-    if not has_date:
+    if not _add_fields(parts, fields):
         append(DATE.line())
     if content_length is not None:
         append(b"Content-Length: %d\r\n" % content_length)
@@ -108,14 +123,13 @@ def error_body(code: str, message: str, request_id: str) -> bytes:
 def error_response(error: GatewayError, request_id: str, *, close: bool, head_only: bool) -> bytes:
     """The gateway's own error answer: a small JSON body naming the error and the request id.
 
-    The status line says HTTP/1.1 whatever the request said (RFC 9112 §2.3: a server answers
-    with the highest version it conforms to; a refused request may not even have a version).
-    A response to HEAD carries the head only (RFC 9110 §9.3.2).
+    A refused request may not even have a version: `status_line` says HTTP/1.1 regardless. A
+    response to HEAD carries the head only (RFC 9110 §9.3.2).
     """
     body = error_body(error.code, error.message, request_id)
     head = b"".join(
         (
-            b"HTTP/1.1 %d %s\r\n" % (error.status, reason_phrase(error.status)),
+            status_line(error.status),
             b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(body),
             b"X-Request-ID: " + request_id.encode("ascii") + _CRLF,
             DATE.line(),
