@@ -57,6 +57,10 @@ class ClientGone(Exception):
     """The client's connection closed; nothing more can be written to it."""
 
 
+def _body_cut_short() -> ClientClosedRequest:
+    return ClientClosedRequest("client closed the connection before sending the whole body")
+
+
 class PendingRequest:
     """A request head off the wire, with its body stream, waiting for or being handled."""
 
@@ -186,6 +190,7 @@ class ClientConnection(asyncio.Protocol):
         # Parsed requests not yet handled; the one being handled is _current.
         self._queue: deque[PendingRequest] = deque()
         self._current: PendingRequest | None = None
+        # The handler task of _current, held here: the loop keeps only a weak reference.
         self._task: asyncio.Task[None] | None = None
         # Parsing stopped for good (an error, CONNECT, or closing): data is ignored.
         self._stopped = False
@@ -223,7 +228,7 @@ class ClientConnection(asyncio.Protocol):
         if timer is not None:
             self._timer = None
             timer.cancel()
-        gone = ClientClosedRequest("client closed the connection before sending the whole body")
+        gone = _body_cut_short()
         parsing = self._parsing
         if parsing is not None and parsing.body is not None:
             parsing.body.fail(gone)
@@ -267,10 +272,8 @@ class ClientConnection(asyncio.Protocol):
         self._stopped = True
         parsing = self._parsing
         if parsing is not None and parsing.body is not None:
-            parsing.body.fail(
-                ClientClosedRequest("client closed the connection before sending the whole body")
-            )
-        return self._current is not None or bool(self._queue)
+            parsing.body.fail(_body_cut_short())
+        return self.busy
 
     def pause_writing(self) -> None:
         self._write_paused = True
@@ -441,7 +444,7 @@ class ClientConnection(asyncio.Protocol):
         if self._lingering:
             return
         if not self.keep_alive_after(pending):
-            if body is not None and not body.complete:
+            if body is not None and not pending.body_complete:
                 body.discard()
                 self._linger()
             else:
@@ -466,7 +469,8 @@ class ClientConnection(asyncio.Protocol):
             and pending.error is None
             and not self._draining
             and self.requests_served < self.limits.max_requests
-            and (pending.body is None or pending.body.complete)
+            and pending.body_complete
+            # end() still marks a body complete after a 413 stopped keeping its bytes.
             and not (pending.body is not None and pending.body.failed)
         )
 
@@ -557,11 +561,12 @@ class ClientConnection(asyncio.Protocol):
     def begin_drain(self) -> None:
         """The server is shutting down: close now if idle, else after the current response."""
         self._draining = True
-        if self._current is None and not self._queue:
+        if not self.busy:
             self.close()
 
     @property
     def busy(self) -> bool:
+        """A request is being answered or waits its turn."""
         return self._current is not None or bool(self._queue)
 
     # --------------------------------------------------------------------------- timers
