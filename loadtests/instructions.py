@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from targets import (
+    build_environment,
     ensure_tools,
     free_port,
     gateway_conf,
@@ -85,7 +86,7 @@ def count_instructions(config: Path, workdir: Path, build: Path | None, requests
     serve.write_text(SERVE)
     env = dict(os.environ)
     if build is not None:
-        env |= {"PYTHONSAFEPATH": "1", "PYTHONPATH": str(build.resolve())}
+        env |= build_environment(build)
     gateway = subprocess.Popen(
         [
             "valgrind",

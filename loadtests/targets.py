@@ -324,16 +324,21 @@ def upstream_app_argv(port: int) -> list[str]:
     return [sys.executable, str(HERE / "upstream_app.py"), "--port", str(port)]
 
 
-def gateway_argv(config: Path, build: Path | None = None) -> list[str]:
-    """``gateway run``; from ``build`` (an installed tree, e.g. `make compiled`'s) when given.
+def build_environment(build: Path) -> dict[str, str]:
+    """Variables that make Python import the gateway from ``build`` (e.g. `make compiled`'s).
 
     PYTHONSAFEPATH keeps the current directory (the source tree) off sys.path, so the build's
     modules are the ones imported.
     """
+    return {"PYTHONSAFEPATH": "1", "PYTHONPATH": str(build.resolve())}
+
+
+def gateway_argv(config: Path, build: Path | None = None) -> list[str]:
+    """``gateway run``; from ``build`` (an installed tree) when given."""
     argv = [sys.executable, "-m", "gateway", "run", "--config", str(config)]
     if build is None:
         return argv
-    return ["env", "PYTHONSAFEPATH=1", f"PYTHONPATH={build.resolve()}", *argv]
+    return ["env", *(f"{name}={value}" for name, value in build_environment(build).items()), *argv]
 
 
 def loaded_build(pid: int) -> str:
