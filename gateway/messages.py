@@ -75,11 +75,3 @@ class ProxyResponse:
 def header_values(headers: Headers, name: bytes) -> list[bytes]:
     """All values of the field ``name`` (lower-case bytes), in order."""
     return [v for k, v in headers if k.lower() == name]
-
-
-def first_header(headers: Headers, name: bytes) -> bytes | None:
-    """The first value of the field ``name`` (lower-case bytes), or None."""
-    for k, v in headers:
-        if k.lower() == name:
-            return v
-    return None
