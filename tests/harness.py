@@ -35,6 +35,18 @@ LOCAL = "127.0.0.1"
 REPO = Path(__file__).resolve().parent.parent
 
 
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python -m gateway ARGS`` from the repository root; its exit code, stdout and stderr."""
+    return subprocess.run(
+        [sys.executable, "-m", "gateway", *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=60,
+        check=False,
+    )
+
+
 def upstream_to(name: str, *ports: int, **options: object) -> UpstreamConfig:
     """An upstream config whose targets are local ports."""
     targets = tuple(Target("http", LOCAL, port) for port in ports)

@@ -14,18 +14,7 @@ from pathlib import Path
 
 import aiohttp
 
-from tests.harness import LOCAL, REPO
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=60,
-        check=False,
-    )
+from tests.harness import LOCAL, REPO, run_cli
 
 
 def test_validate_accepts_the_example_config() -> None:

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import subprocess
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,7 +14,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.harness import LOCAL, REPO, children, log_events, serve_app
+from tests.harness import LOCAL, children, log_events, run_cli, serve_app
 from tests.integration.test_workers import (
     eventually,
     metric,
@@ -239,17 +237,6 @@ async def test_watch_reloads_when_the_file_changes(tmp_path: Path, upstreams: Up
             )
             == 1
         )
-
-
-def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "gateway", *args],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        timeout=60,
-        check=False,
-    )
 
 
 def test_validate_prints_the_route_table(tmp_path: Path) -> None:
