@@ -35,22 +35,36 @@ class EdgeSettings:
         )
 
 
-@dataclass(slots=True)
 class RequestHead:
     """What the connection read off the wire, before validation.
 
-    Not frozen: one is built per request, and a frozen dataclass's __init__ is several times
-    slower. Nothing changes it after construction.
+    A plain class, not a dataclass: one is built per request, and only a hand-written
+    __init__ compiles to C under mypyc (see `gateway.messages`).
     """
 
-    method: str
-    raw_target: bytes  # exactly as received
-    version: tuple[int, int]
-    raw_headers: Headers
-    peer_ip: str
-    # What the edge needs from the fields, noted as they were parsed (`FieldNotes`), so that
-    # the list is not walked once per question.
-    notes: FieldNotes
+    __slots__ = ("method", "notes", "peer_ip", "raw_headers", "raw_target", "version")
+
+    def __init__(
+        self,
+        method: str,
+        raw_target: bytes,
+        *,
+        version: tuple[int, int],
+        raw_headers: Headers,
+        peer_ip: str,
+        notes: FieldNotes,
+    ) -> None:
+        self.method = method
+        self.raw_target = raw_target  # exactly as received
+        self.version = version
+        self.raw_headers = raw_headers
+        self.peer_ip = peer_ip
+        # What the edge needs from the fields, noted as they were parsed (`FieldNotes`), so
+        # that the list is not walked once per question.
+        self.notes = notes
+
+    def __repr__(self) -> str:
+        return f"<RequestHead {self.method} {self.raw_target!r}>"
 
 
 # What `FieldNotes.note` looks for, by lower-case name.

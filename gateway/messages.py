@@ -8,7 +8,6 @@ upstream request from raw bytes lifted the prototype from 16.6k to 23.4k request
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
 
 # Raw header fields in wire order. Names keep the case the peer sent; compare with .lower().
 Headers = list[tuple[bytes, bytes]]
@@ -20,56 +19,131 @@ BodyStream = AsyncIterator[bytes]
 InformationalCallback = Callable[[int, bytes, Headers], Awaitable[None]]
 
 
-@dataclass(slots=True)
+# Plain classes with __slots__ rather than dataclasses: one of each is built per request, and
+# under mypyc a dataclass keeps the interpreted __init__ the dataclasses module generates, while
+# a hand-written one compiles to C (docs/performance.md).
 class ProxyRequest:
     """A client request after parsing and validation at the edge."""
 
-    method: str
-    # The origin-form request target exactly as received (absolute-form already reduced to
-    # origin-form, RFC 9112 §3.2.2): path and query bytes, never re-encoded.
-    target: bytes
-    # The path part of ``target`` (still percent-encoded), used for routing.
-    path: str
-    # The host the client addressed, lower-cased, without port; "" when absent.
-    host: str
-    # The Host field value as the client sent it (or the authority of an absolute-form target).
-    authority: bytes
-    # End-to-end header fields from the client, hop-by-hop fields already removed.
-    headers: Headers
-    version: tuple[int, int]
-    # None when the request has no body; otherwise the body chunks.
-    body: BodyStream | None
-    # The declared Content-Length, or None for a chunked body or no body.
-    content_length: int | None
-    scheme: str
-    client_ip: str
-    peer_ip: str
-    # Whether the TCP peer is in server.trusted_proxies (its X-Forwarded-* are believed).
-    peer_trusted: bool
-    request_id: str
-    expect_continue: bool = False
-    # Set by the server adapter: relays an upstream interim response to the client.
-    send_informational: InformationalCallback | None = None
-    # The W3C trace id this request carries upstream (generated when the client sent none).
-    trace_id: str = ""
+    __slots__ = (
+        "authority",
+        "body",
+        "client_ip",
+        "content_length",
+        "expect_continue",
+        "headers",
+        "host",
+        "method",
+        "path",
+        "peer_ip",
+        "peer_trusted",
+        "request_id",
+        "scheme",
+        "send_informational",
+        "target",
+        "trace_id",
+        "version",
+    )
+
+    def __init__(
+        self,
+        *,
+        method: str,
+        target: bytes,
+        path: str,
+        host: str,
+        authority: bytes,
+        headers: Headers,
+        version: tuple[int, int],
+        body: BodyStream | None,
+        content_length: int | None,
+        scheme: str,
+        client_ip: str,
+        peer_ip: str,
+        peer_trusted: bool,
+        request_id: str,
+        expect_continue: bool = False,
+        send_informational: InformationalCallback | None = None,
+        trace_id: str = "",
+    ) -> None:
+        self.method = method
+        # The origin-form request target exactly as received (absolute-form already reduced
+        # to origin-form, RFC 9112 §3.2.2): path and query bytes, never re-encoded.
+        self.target = target
+        # The path part of ``target`` (still percent-encoded), used for routing.
+        self.path = path
+        # The host the client addressed, lower-cased, without port; "" when absent.
+        self.host = host
+        # The Host field value as the client sent it (or the authority of an absolute-form
+        # target).
+        self.authority = authority
+        # End-to-end header fields from the client, hop-by-hop fields already removed.
+        self.headers = headers
+        self.version = version
+        # None when the request has no body; otherwise the body chunks.
+        self.body = body
+        # The declared Content-Length, or None for a chunked body or no body.
+        self.content_length = content_length
+        self.scheme = scheme
+        self.client_ip = client_ip
+        self.peer_ip = peer_ip
+        # Whether the TCP peer is in server.trusted_proxies (its X-Forwarded-* are believed).
+        self.peer_trusted = peer_trusted
+        self.request_id = request_id
+        self.expect_continue = expect_continue
+        # Set by the server adapter: relays an upstream interim response to the client.
+        self.send_informational = send_informational
+        # The W3C trace id this request carries upstream (generated when the client sent
+        # none).
+        self.trace_id = trace_id
+
+    def __repr__(self) -> str:
+        return f"<ProxyRequest {self.method} {self.target!r} id={self.request_id}>"
 
 
-@dataclass(slots=True)
 class ProxyResponse:
     """A response on its way back to the client."""
 
-    status: int
-    reason: bytes
-    headers: Headers = field(default_factory=list)
-    # None means no body at all (HEAD, 204, 304); an iterator streams the body.
-    body: BodyStream | None = None
-    # Known length of ``body``; None streams with chunked framing (or close-delimited for 1.0).
-    content_length: int | None = None
-    # Awaited once the response is finished or abandoned (returns the upstream connection).
-    release: Callable[[], Awaitable[None]] | None = None
-    # The upstream that answered and the time to its response head, for logs and metrics.
-    upstream: str | None = None
-    upstream_seconds: float | None = None
+    __slots__ = (
+        "body",
+        "content_length",
+        "headers",
+        "reason",
+        "release",
+        "status",
+        "upstream",
+        "upstream_seconds",
+    )
+
+    def __init__(
+        self,
+        status: int,
+        reason: bytes,
+        *,
+        headers: Headers | None = None,
+        body: BodyStream | None = None,
+        content_length: int | None = None,
+        release: Callable[[], Awaitable[None]] | None = None,
+        upstream: str | None = None,
+        upstream_seconds: float | None = None,
+    ) -> None:
+        self.status = status
+        self.reason = reason
+        self.headers: Headers = [] if headers is None else headers
+        # None means no body at all (HEAD, 204, 304); an iterator streams the body.
+        self.body = body
+        # Known length of ``body``; None streams with chunked framing (or close-delimited for
+        # HTTP/1.0).
+        self.content_length = content_length
+        # Awaited once the response is finished or abandoned (returns the upstream
+        # connection).
+        self.release = release
+        # The upstream that answered and the time to its response head, for logs and metrics.
+        self.upstream = upstream
+        self.upstream_seconds = upstream_seconds
+
+    def __repr__(self) -> str:
+        return f"<ProxyResponse {self.status} {self.reason!r}>"
 
 
 def header_values(headers: Headers, name: bytes) -> list[bytes]:

@@ -345,10 +345,10 @@ class ClientConnection(asyncio.Protocol):
         head = RequestHead(
             parser.get_method().decode("ascii"),
             self._url,
-            version,
-            self._headers,
-            self.peer_ip,
-            self._notes,
+            version=version,
+            raw_headers=self._headers,
+            peer_ip=self.peer_ip,
+            notes=self._notes,
         )
         pending = PendingRequest(
             head,
@@ -391,7 +391,9 @@ class ClientConnection(asyncio.Protocol):
             parsing.body.fail(BadRequest(in_body_message) if in_body_message else error)
             return
         self._parsing = None
-        head = RequestHead("", b"", (1, 1), [], self.peer_ip, FieldNotes())
+        head = RequestHead(
+            "", b"", version=(1, 1), raw_headers=[], peer_ip=self.peer_ip, notes=FieldNotes()
+        )
         refused = PendingRequest(
             head, keep_alive=False, content_length=None, body=None, error=error
         )
