@@ -153,6 +153,7 @@ class ClientConnection(asyncio.Protocol):
         "_task",
         "_timer",
         "_url",
+        "_wakeup",
         "_write_paused",
         "closed_waiter",
         "limits",
@@ -190,8 +191,11 @@ class ClientConnection(asyncio.Protocol):
         # Parsed requests not yet handled; the one being handled is _current.
         self._queue: deque[PendingRequest] = deque()
         self._current: PendingRequest | None = None
-        # The handler task of _current, held here: the loop keeps only a weak reference.
+        # The task that answers this connection's requests one after the other (`_serve`),
+        # started with the first; held here, since the loop keeps only a weak reference.
         self._task: asyncio.Task[None] | None = None
+        # What `_serve` waits on between requests; set when the next one is dispatched.
+        self._wakeup: asyncio.Future[None] | None = None
         # Parsing stopped for good (an error, CONNECT, or closing): data is ignored.
         self._stopped = False
         self._closed = False
@@ -239,6 +243,11 @@ class ClientConnection(asyncio.Protocol):
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_exception(ClientGone())
+        wakeup = self._wakeup
+        if wakeup is not None:
+            # `_serve` waits for a next request that will not come: let it end.
+            self._wakeup = None
+            wakeup.set_result(None)
         self._registry.connection_closed(self)
         if not self.closed_waiter.done():
             self.closed_waiter.set_result(None)
@@ -423,23 +432,47 @@ class ClientConnection(asyncio.Protocol):
     def _dispatch(self) -> None:
         if self._current is not None or not self._queue or self._closed:
             return
-        pending = self._current = self._queue.popleft()
+        self._current = self._queue.popleft()
         if self._paused_for & 1 and len(self._queue) <= MAX_PIPELINED:
             self._resume(1)
         self.response_started = False
-        self._task = self._loop.create_task(self._run(pending))
+        wakeup = self._wakeup
+        if wakeup is not None:
+            self._wakeup = None
+            wakeup.set_result(None)
+        elif self._task is None:
+            self._task = self._loop.create_task(self._serve())
 
-    async def _run(self, pending: PendingRequest) -> None:
-        try:
-            await self._handler(self, pending)
-        except ClientGone:
-            pass
-        finally:
+    async def _serve(self) -> None:
+        """Answer the dispatched requests in order, for as long as the connection lives.
+
+        One task per connection rather than one per request: creating and finishing an
+        asyncio task (a weak-set entry, kept in Python code on 3.11) cost more than the wait
+        for the next request on a future (docs/performance.md).
+        """
+        while True:
+            pending = self._current
+            if pending is None:
+                if self._closed:
+                    self._task = None
+                    return
+                wakeup = self._wakeup = self._loop.create_future()
+                await wakeup
+                continue
+            try:
+                await self._handler(self, pending)
+            except ClientGone:
+                pass
+            except Exception as exc:
+                # Reported like an unretrieved task exception would be; the connection goes on
+                # to its next request, as it did when each request had its own task.
+                self._loop.call_exception_handler(
+                    {"message": "request handler failed", "exception": exc, "protocol": self}
+                )
             self._finished(pending)
 
     def _finished(self, pending: PendingRequest) -> None:
         self._current = None
-        self._task = None
         if self._closed:
             return
         body = pending.body

@@ -15,7 +15,13 @@ from dataclasses import replace
 
 from gateway.app import RunningGateway, start
 from gateway.config.model import ServerConfig, ServerLimits
-from gateway.downstream.connection import MAX_PIPELINED
+from gateway.downstream.connection import (
+    MAX_PIPELINED,
+    ClientConnection,
+    ConnectionLimits,
+    ConnectionRegistry,
+    PendingRequest,
+)
 from tests.harness import LOCAL, gateway_config, parse_raw_response, raw_exchange, upstream_to
 
 
@@ -316,3 +322,46 @@ async def test_a_burst_of_connections_is_accepted_in_one_pass(
     finally:
         for client in clients:
             client.close()
+
+
+async def test_one_task_answers_a_connection_and_survives_a_failing_handler() -> None:
+    # Requests on a connection run one after the other in one task (docs/performance.md); a
+    # handler that raises must not leave the requests behind it unanswered, and the task must
+    # end with the connection.
+    loop = asyncio.get_running_loop()
+    reported: list[BaseException] = []
+    previous = loop.get_exception_handler()
+    loop.set_exception_handler(lambda _, context: reported.append(context["exception"]))
+    served: list[ClientConnection] = []
+
+    async def handler(conn: ClientConnection, pending: PendingRequest) -> None:
+        if pending.head.raw_target == b"/boom":
+            raise RuntimeError("handler bug")
+        conn.requests_served += 1
+        conn.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+
+    def accept() -> ClientConnection:
+        limits = ConnectionLimits(ServerConfig())
+        conn = ClientConnection(ConnectionRegistry(), handler, limits, loop)
+        served.append(conn)
+        return conn
+
+    server = await loop.create_server(accept, LOCAL, 0)
+    try:
+        port = server.sockets[0].getsockname()[1]
+        async with connection(port) as (reader, writer):
+            writer.write(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert (await read_response(reader))[1] == b"ok"
+            task = served[0]._task
+            writer.write(b"GET /boom HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\n\r\n")
+            assert (await read_response(reader))[1] == b"ok"
+            assert served[0]._task is task
+            assert [str(error) for error in reported] == ["handler bug"]
+        await asyncio.wait_for(served[0].closed_waiter, 5)
+        assert task is not None
+        await asyncio.wait_for(asyncio.shield(task), 5)
+        assert served[0]._task is None
+    finally:
+        loop.set_exception_handler(previous)
+        server.close()
+        await server.wait_closed()
