@@ -64,7 +64,8 @@ def apply_trace_context(headers: Headers, *, present: bool = True) -> TraceConte
     parsed = parse_traceparent(found) if found is not None else None
     # One draw for a new trace id (128 bits) and this hop's span id (64 bits). All-zero ids are
     # invalid (§3.2.2.3); the chance is 2**-64, and the lowest bit is forced for the span.
-    ids = f"{random.getrandbits(192) | 1:048x}"
+    # bytes.hex, not a format spec: half the cost (`gateway.headers.new_request_id`).
+    ids = (random.getrandbits(192) | 1).to_bytes(24, "big").hex()
     if parsed is not None:
         trace_text = parsed[0].decode("ascii")
         header = f"00-{trace_text}-{ids[32:]}-".encode() + parsed[1]
