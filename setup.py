@@ -25,6 +25,7 @@ COMPILED = [
     "gateway/edge.py",
     "gateway/headers.py",
     "gateway/messages.py",
+    "gateway/observability/request_metrics.py",
     "gateway/proxy.py",
     "gateway/routing.py",
     "gateway/server.py",

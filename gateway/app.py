@@ -21,6 +21,7 @@ from gateway.config.model import GatewayConfig, ListenAddress
 from gateway.downstream.listener import Listener
 from gateway.observability import metrics
 from gateway.observability.logging import get_logger
+from gateway.observability.request_metrics import DisabledRequestMetrics, RequestMetrics
 from gateway.runtime import Runtime
 from gateway.server import Dispatcher, GatewayServer
 from gateway.upstream.pool import UpstreamPool
@@ -138,9 +139,7 @@ def _bind(address: ListenAddress, reuse_port: bool) -> socket.socket:
     return sock
 
 
-async def _publish_metrics(
-    request_metrics: metrics.RequestMetrics, sampler: metrics.GaugeSampler
-) -> None:
+async def _publish_metrics(request_metrics: RequestMetrics, sampler: metrics.GaugeSampler) -> None:
     while True:
         request_metrics.flush()
         sampler.sample()
@@ -154,10 +153,10 @@ async def start(
     require_c_parser()
     loop = asyncio.get_running_loop()
     if config.admin.metrics:
-        request_metrics = metrics.RequestMetrics()
+        request_metrics = RequestMetrics()
         metrics.mark_build_info()
     else:
-        request_metrics = metrics.DisabledRequestMetrics()
+        request_metrics = DisabledRequestMetrics()
     runtime = Runtime.build(config, request_metrics)
     dispatcher = Dispatcher(runtime, request_metrics)
     server = GatewayServer(dispatcher)

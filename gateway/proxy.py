@@ -8,7 +8,7 @@ from gateway import headers as header_rules
 from gateway.config.model import RouteConfig
 from gateway.errors import BadGateway, GatewayError, GatewayTimeout, UpstreamBusy
 from gateway.messages import ProxyRequest, ProxyResponse
-from gateway.observability.metrics import RequestMetrics
+from gateway.observability.request_metrics import RequestMetrics
 from gateway.routing import strip_prefix
 from gateway.upstream.pool import UpstreamPool
 

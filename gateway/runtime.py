@@ -16,7 +16,7 @@ from gateway.config.model import GatewayConfig
 from gateway.edge import EdgeSettings
 from gateway.headers import via_value
 from gateway.observability.access_log import AccessLog
-from gateway.observability.metrics import RequestMetrics
+from gateway.observability.request_metrics import RequestMetrics
 from gateway.proxy import Forwarder
 from gateway.routing import Router
 from gateway.upstream.pool import UpstreamPool

@@ -30,7 +30,8 @@ from gateway.errors import GatewayError, RouteNotFound, UpstreamAborted
 from gateway.messages import Headers, ProxyRequest, ProxyResponse
 from gateway.observability.access_log import AccessLog
 from gateway.observability.logging import get_logger
-from gateway.observability.metrics import UNMATCHED, RequestMetrics
+from gateway.observability.metrics import UNMATCHED
+from gateway.observability.request_metrics import RequestMetrics
 from gateway.runtime import Runtime
 from gateway.upstream.response import ResponseBody
 

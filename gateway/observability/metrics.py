@@ -6,16 +6,17 @@ endpoint sums them (prometheus-client's multiprocess mode). Without it (one proc
 default registry is used. Labels stay low-cardinality: route and upstream names from the config,
 a fixed set of methods and status classes, never paths, hosts or addresses.
 
-Gauges that describe state (connections, in-flight requests, pool sizes) are sampled once a
-second by `GaugeSampler` instead of being updated per request: a per-request gauge write in
-multiprocess mode is a locked mmap write, paid twice per request for nothing.
+The request path sums its observations in plain numbers (`request_metrics`) and publishes
+them here once a second. Gauges that describe state (connections, in-flight requests, pool
+sizes) are sampled once a second by `GaugeSampler` instead of being updated per request: a
+per-request gauge write in multiprocess mode is a locked mmap write, paid twice per request for
+nothing.
 """
 
 from __future__ import annotations
 
 import os
 import platform
-from bisect import bisect_left
 from collections.abc import Callable, Iterable
 
 from prometheus_client import (
@@ -36,15 +37,11 @@ MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 # Route label for requests no route matched (and for requests rejected before routing).
 UNMATCHED = "unmatched"
 
-# RFC 9110 §9 methods plus PATCH; anything else a client invents is "other".
-_KNOWN_METHODS = frozenset(
-    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
-)
 _STATUS_CLASS = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 
 # Latency buckets from 1 ms to 30 s: a proxy's own latency sits in the low milliseconds, an
 # upstream's may reach the response timeout.
-_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 REQUESTS = Counter(
     "gateway_requests_total",
@@ -55,13 +52,13 @@ REQUEST_DURATION = Histogram(
     "gateway_request_duration_seconds",
     "Time from the complete request head to the end of the response, by route.",
     ["route"],
-    buckets=_BUCKETS,
+    buckets=BUCKETS,
 )
 UPSTREAM_DURATION = Histogram(
     "gateway_upstream_request_duration_seconds",
     "Time from sending a request upstream to its response head, by upstream.",
     ["upstream"],
-    buckets=_BUCKETS,
+    buckets=BUCKETS,
 )
 UPSTREAM_ERRORS = Counter(
     "gateway_upstream_errors_total",
@@ -106,10 +103,6 @@ BUILD_INFO = Gauge(
 )
 
 
-def method_label(method: str) -> str:
-    return method if method in _KNOWN_METHODS else "other"
-
-
 def status_class(status: int) -> str:
     return _STATUS_CLASS.get(status // 100, "other")
 
@@ -133,105 +126,24 @@ def mark_worker_dead(pid: int) -> None:
         multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
-class _Observations:
-    """Histogram observations held in plain numbers until the next flush."""
-
-    __slots__ = ("_bounds", "counts", "total")
-
-    def __init__(self, bounds: list[float]) -> None:
-        self._bounds = bounds
-        self.counts = [0] * len(bounds)
-        self.total = 0.0
-
-    def add(self, value: float) -> None:
-        # prometheus-client stores one (non-cumulative) count per upper bound, +Inf last.
-        self.counts[bisect_left(self._bounds, value)] += 1
-        self.total += value
-
-    def apply_to(self, child: Histogram) -> None:
-        # Adding whole bucket counts is not in prometheus-client's public API; its histogram
-        # child keeps one value per bucket and one for the sum, and has for many releases.
-        buckets = child._buckets
-        for index, count in enumerate(self.counts):
-            if count:
-                buckets[index].inc(count)
-        child._sum.inc(self.total)
+def count_requests(route: str, method: str, status: int, count: int) -> None:
+    REQUESTS.labels(route, method, status_class(status)).inc(count)
 
 
-_BOUNDS = [*_BUCKETS, float("inf")]
+def count_upstream_errors(upstream: str, kind: str, count: int) -> None:
+    UPSTREAM_ERRORS.labels(upstream, kind).inc(count)
 
 
-class RequestMetrics:
-    """Per-request observations, kept in plain dicts and published once a second by `flush`.
-
-    In multiprocess mode every increment of a prometheus-client value is a locked write to a
-    memory-mapped file: several per request cost a single worker a third of its throughput
-    (loadtests/compare_nginx.py --observability). Summing in plain numbers and publishing the
-    sums once a second costs a few dict operations per request; /metrics trails by at most a
-    second, far below any scrape interval. Keys are bounded: config names, a fixed method set,
-    the status code.
-    """
-
-    __slots__ = ("_durations", "_requests", "_upstream_durations", "_upstream_errors")
-
-    def __init__(self) -> None:
-        self._requests: dict[tuple[str, str, int], int] = {}
-        self._durations: dict[str, _Observations] = {}
-        self._upstream_durations: dict[str, _Observations] = {}
-        self._upstream_errors: dict[tuple[str, str], int] = {}
-
-    def request_done(self, route: str, method: str, status: int, seconds: float) -> None:
-        # Keyed by the method label, not the method: clients may send any token as a method.
-        key = (route, method_label(method), status)
-        requests = self._requests
-        requests[key] = requests.get(key, 0) + 1
-        observations = self._durations.get(route)
-        if observations is None:
-            observations = self._durations[route] = _Observations(_BOUNDS)
-        observations.add(seconds)
-
-    def upstream_answered(self, upstream: str, seconds: float) -> None:
-        observations = self._upstream_durations.get(upstream)
-        if observations is None:
-            observations = self._upstream_durations[upstream] = _Observations(_BOUNDS)
-        observations.add(seconds)
-
-    def upstream_failed(self, upstream: str, kind: str) -> None:
-        key = (upstream, kind)
-        self._upstream_errors[key] = self._upstream_errors.get(key, 0) + 1
-
-    def flush(self) -> None:
-        """Publish what was observed since the last flush."""
-        requests, self._requests = self._requests, {}
-        for (route, method, status), count in requests.items():
-            REQUESTS.labels(route, method, status_class(status)).inc(count)
-        durations, self._durations = self._durations, {}
-        for route, observations in durations.items():
-            observations.apply_to(REQUEST_DURATION.labels(route))
-        upstream_durations, self._upstream_durations = self._upstream_durations, {}
-        for upstream, observations in upstream_durations.items():
-            observations.apply_to(UPSTREAM_DURATION.labels(upstream))
-        errors, self._upstream_errors = self._upstream_errors, {}
-        for (upstream, kind), count in errors.items():
-            UPSTREAM_ERRORS.labels(upstream, kind).inc(count)
-
-
-class DisabledRequestMetrics(RequestMetrics):
-    """Used when `admin.metrics` is false: every observation is a no-op."""
-
-    __slots__ = ()
-
-    def request_done(self, route: str, method: str, status: int, seconds: float) -> None:
-        return None
-
-    def upstream_answered(self, upstream: str, seconds: float) -> None:
-        return None
-
-    def upstream_failed(self, upstream: str, kind: str) -> None:
-        return None
-
-    def flush(self) -> None:
-        return None
+def add_observations(histogram: Histogram, label: str, counts: list[int], total: float) -> None:
+    """Add whole bucket counts (one per bound of BUCKETS, +Inf last) and their sum."""
+    child = histogram.labels(label)
+    # Not in prometheus-client's public API: its histogram child keeps one value per bucket and
+    # one for the sum, and has for many releases.
+    buckets = child._buckets
+    for index, count in enumerate(counts):
+        if count:
+            buckets[index].inc(count)
+    child._sum.inc(total)
 
 
 class GaugeSampler:

@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY, Histogram
 
-from gateway.observability.metrics import _BUCKETS, RequestMetrics, method_label
+from gateway.observability.metrics import BUCKETS
+from gateway.observability.request_metrics import RequestMetrics, method_label
 
 
 def sample(name: str, **labels: str) -> float:
@@ -20,7 +21,7 @@ def sample(name: str, **labels: str) -> float:
 def test_flushed_histogram_equals_direct_observations(values: list[float]) -> None:
     route = f"r-{uuid.uuid4().hex[:8]}"
     reference = Histogram(
-        f"reference_{uuid.uuid4().hex[:8]}", "reference", buckets=_BUCKETS, registry=None
+        f"reference_{uuid.uuid4().hex[:8]}", "reference", buckets=BUCKETS, registry=None
     )
     batched = RequestMetrics()
     for value in values:
@@ -30,7 +31,7 @@ def test_flushed_histogram_equals_direct_observations(values: list[float]) -> No
     batched.flush()
     (family,) = reference.collect()
     expected = {s.labels.get("le"): s.value for s in family.samples}
-    for bound in [*_BUCKETS, float("inf")]:
+    for bound in [*BUCKETS, float("inf")]:
         le = "+Inf" if bound == float("inf") else str(bound)
         got = sample("gateway_request_duration_seconds_bucket", route=route, le=le)
         assert got == expected[le]

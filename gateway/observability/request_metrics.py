@@ -1,0 +1,112 @@
+"""Per-request observations, summed in plain numbers and published once a second by `flush`.
+
+In multiprocess mode every increment of a prometheus-client value is a locked write to a
+memory-mapped file: several per request cost a single worker a third of its throughput
+(loadtests/compare_nginx.py --observability). Summing in plain numbers and publishing the sums
+once a second costs a few dict operations per request; /metrics trails by at most a second, far
+below any scrape interval. Keys are bounded: config names, a fixed method set, the status code.
+
+Apart from `gateway.observability.metrics` (the prometheus-client side) because this runs for
+every request and is compiled with mypyc (setup.py); that module is not.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from typing import Final
+
+from gateway.observability import metrics
+
+# RFC 9110 §9 methods plus PATCH; anything else a client invents is "other".
+_KNOWN_METHODS: Final = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+)
+_BOUNDS: Final = [*metrics.BUCKETS, float("inf")]
+
+
+def method_label(method: str) -> str:
+    return method if method in _KNOWN_METHODS else "other"
+
+
+class Observations:
+    """Histogram observations held in plain numbers until the next flush."""
+
+    __slots__ = ("counts", "total")
+
+    def __init__(self) -> None:
+        # prometheus-client stores one (non-cumulative) count per upper bound, +Inf last.
+        self.counts = [0] * len(_BOUNDS)
+        self.total = 0.0
+
+    def add(self, value: float) -> None:
+        self.counts[bisect_left(_BOUNDS, value)] += 1
+        self.total += value
+
+
+class RequestMetrics:
+    """What the request path observes, published to prometheus-client by `flush`."""
+
+    __slots__ = ("_durations", "_requests", "_upstream_durations", "_upstream_errors")
+
+    def __init__(self) -> None:
+        self._requests: dict[tuple[str, str, int], int] = {}
+        self._durations: dict[str, Observations] = {}
+        self._upstream_durations: dict[str, Observations] = {}
+        self._upstream_errors: dict[tuple[str, str], int] = {}
+
+    def request_done(self, route: str, method: str, status: int, seconds: float) -> None:
+        # Keyed by the method label, not the method: clients may send any token as a method.
+        key = (route, method_label(method), status)
+        requests = self._requests
+        requests[key] = requests.get(key, 0) + 1
+        observations = self._durations.get(route)
+        if observations is None:
+            observations = self._durations[route] = Observations()
+        observations.add(seconds)
+
+    def upstream_answered(self, upstream: str, seconds: float) -> None:
+        observations = self._upstream_durations.get(upstream)
+        if observations is None:
+            observations = self._upstream_durations[upstream] = Observations()
+        observations.add(seconds)
+
+    def upstream_failed(self, upstream: str, kind: str) -> None:
+        key = (upstream, kind)
+        self._upstream_errors[key] = self._upstream_errors.get(key, 0) + 1
+
+    def flush(self) -> None:
+        """Publish what was observed since the last flush."""
+        requests, self._requests = self._requests, {}
+        for (route, method, status), count in requests.items():
+            metrics.count_requests(route, method, status, count)
+        durations, self._durations = self._durations, {}
+        for route, observations in durations.items():
+            metrics.add_observations(
+                metrics.REQUEST_DURATION, route, observations.counts, observations.total
+            )
+        upstream_durations, self._upstream_durations = self._upstream_durations, {}
+        for upstream, observations in upstream_durations.items():
+            metrics.add_observations(
+                metrics.UPSTREAM_DURATION, upstream, observations.counts, observations.total
+            )
+        errors, self._upstream_errors = self._upstream_errors, {}
+        for (upstream, kind), count in errors.items():
+            metrics.count_upstream_errors(upstream, kind, count)
+
+
+class DisabledRequestMetrics(RequestMetrics):
+    """Used when `admin.metrics` is false: every observation is a no-op."""
+
+    __slots__ = ()
+
+    def request_done(self, route: str, method: str, status: int, seconds: float) -> None:
+        return None
+
+    def upstream_answered(self, upstream: str, seconds: float) -> None:
+        return None
+
+    def upstream_failed(self, upstream: str, kind: str) -> None:
+        return None
+
+    def flush(self) -> None:
+        return None
