@@ -47,6 +47,7 @@ from gateway.config.model import (
     GatewayConfig,
     HeaderMatch,
     ListenAddress,
+    Rate,
     RouteConfig,
     Target,
     UpstreamConfig,
@@ -75,7 +76,7 @@ _SECRET_NAME = re.compile(
 # scheme://userinfo@ -- the authority ends at the first "/", "?" or "#".
 _USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
 # Dataclasses shown as one value rather than walked field by field.
-_SCALARS = (ListenAddress, Target, HeaderMatch)
+_SCALARS = (ListenAddress, Target, HeaderMatch, Rate)
 # Changes a hot reload cannot apply: the listening sockets and the worker processes.
 # What a reload cannot apply: the listeners and the worker count, the supervisor's admin
 # listener (address, token guard, metrics switch) and the log level (logging is configured once
@@ -262,7 +263,9 @@ def _tree(
         return int(value) if canonical and value.is_integer() else value
     if isinstance(value, str):
         return _redact_url(value) if redact else str(value)
-    if isinstance(value, ListenAddress | Target | ipaddress.IPv4Network | ipaddress.IPv6Network):
+    if isinstance(
+        value, ListenAddress | Target | Rate | ipaddress.IPv4Network | ipaddress.IPv6Network
+    ):
         return str(value)
     if isinstance(value, tuple) and owner is not None and _is_header_map(owner, name):
         return {

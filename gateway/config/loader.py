@@ -30,6 +30,8 @@ from gateway.config.model import (
     ListenAddress,
     LoggingConfig,
     PoolConfig,
+    RateLimitConfig,
+    RedisConfig,
     RouteConfig,
     RouteMatch,
     ServerConfig,
@@ -42,6 +44,7 @@ from gateway.config.model import (
 )
 from gateway.config.units import DURATION_NEEDS_UNIT, SIZE_NEEDS_UNIT, parse_duration, parse_size
 from gateway.errors import ConfigError
+from gateway.ratelimit.rate import parse_rate
 from gateway.routing import shadowed_routes
 
 __all__ = ["load_config", "parse_config", "unit_fields"]
@@ -170,6 +173,8 @@ class _Context:
         self.problems: list[str] = []
         self.upstream_names: list[str] | None = None
         self.route_names: dict[str, str] = {}
+        # Routes that do not set `rate_limit` (they get server.rate_limit), by name.
+        self.rate_limit_inherited: set[str] = set()
 
     def problem(self, path: str, message: str) -> None:
         self.problems.append(f"{path or '(top level)'}: {message}")
@@ -689,6 +694,105 @@ def _upstreams(value: object, path: str, ctx: _Context) -> Any:
     return tuple(results) if ok else _INVALID
 
 
+# --- Rate limits ------------------------------------------------------------------------------
+
+
+def _rate(value: object, path: str, ctx: _Context) -> Any:
+    try:
+        return parse_rate(_string(value))
+    except ValueError as exc:
+        raise _BadValueError(str(exc)) from None
+
+
+_SIMPLE_KEY_PARTS = ("client_ip", "route")
+
+
+def _key_part(value: object, path: str, ctx: _Context) -> str:
+    text = _string(value)
+    if text in _SIMPLE_KEY_PARTS:
+        return text
+    kind, colon, name = text.partition(":")
+    if kind == "header" and colon and _TOKEN.fullmatch(name):
+        # Field names are case-insensitive (RFC 9110 §5.1): compared in lower case.
+        return f"header:{name.lower()}"
+    raise _BadValueError(
+        "expected 'client_ip', 'route' or 'header:NAME' (e.g. 'header:X-Api-Key'),"
+        f" got {_describe(value)}"
+    )
+
+
+def _check_key_parts(parts: list[tuple[int, str]], path: str, ctx: _Context) -> None:
+    first: dict[str, int] = {}
+    for index, part in parts:
+        if part in first:
+            ctx.problem(f"{path}[{index}]", f"duplicate key part {part!r}")
+        first.setdefault(part, index)
+
+
+_key_list = _list_of(_key_part, "key part", check=_check_key_parts)
+
+
+def _rate_limit_key(value: object, path: str, ctx: _Context) -> Any:
+    if isinstance(value, list):
+        return _key_list(value, path, ctx)
+    return (_key_part(value, path, ctx),)
+
+
+def _finish_rate_limit(kwargs: dict[str, Any], given: set[str], path: str, ctx: _Context) -> None:
+    rate = kwargs.get("rate")
+    burst = kwargs.get("burst")
+    if rate is not None and burst is not None and burst < 1:
+        ctx.problem(_key(path, "burst"), f"must be at least 1, got {burst}")
+    strategy = kwargs.get("strategy", "token_bucket")
+    if "burst" in given and strategy != "token_bucket":
+        ctx.problem(
+            _key(path, "burst"),
+            f"only the token_bucket strategy has a burst; {strategy} allows rate.limit requests"
+            " per window",
+        )
+
+
+_RATE_LIMIT = _Section(
+    RateLimitConfig,
+    {
+        "rate": _rate,
+        "burst": _count,
+        "key": _rate_limit_key,
+        "backend": _choice("memory", "redis"),
+        "strategy": _choice("token_bucket", "fixed_window", "sliding_window", "moving_window"),
+        "enforce": _boolean,
+        "on_backend_error": _choice("local", "allow", "deny"),
+        "budget": _duration,
+        "max_keys": _count,
+    },
+    finish=_finish_rate_limit,
+)
+
+
+def _rate_limit(value: object, path: str, ctx: _Context) -> Any:
+    """A rate_limit mapping; false or null for none (a route opting out of server.rate_limit)."""
+    if (
+        value is None
+        or value is False
+        or (isinstance(value, _FromEnv) and value.lower() == "false")
+    ):
+        return None
+    if value is True:
+        raise _BadValueError("expected a mapping with at least 'rate', or false for no limit")
+    return _RATE_LIMIT(value, path, ctx)
+
+
+_REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
+def _redis_url(value: object, path: str, ctx: _Context) -> str:
+    text = _string(value)
+    if not text.startswith(_REDIS_SCHEMES):
+        # Never echo the value: a URL may carry a password.
+        raise _BadValueError("expected a URL starting with redis://, rediss:// or unix://")
+    return text
+
+
 # --- Routes -----------------------------------------------------------------------------------
 
 _ROUTE_NAME = re.compile(r"[A-Za-z0-9_.-]+")
@@ -830,8 +934,15 @@ _ROUTE = _Section(
             },
         ),
         "strip_prefix": _boolean,
+        "rate_limit": _rate_limit,
     },
+    finish=lambda kwargs, given, path, ctx: _finish_route(kwargs, given, ctx),
 )
+
+
+def _finish_route(kwargs: dict[str, Any], given: set[str], ctx: _Context) -> None:
+    if "rate_limit" not in given and "name" in kwargs:
+        ctx.rate_limit_inherited.add(kwargs["name"])
 
 
 # --- Top level --------------------------------------------------------------------------------
@@ -867,6 +978,27 @@ def _finish_gateway(kwargs: dict[str, Any], given: set[str], path: str, ctx: _Co
             "admin.token",
             f"required when admin.listen ({admin.listen}) is not a loopback address",
         )
+    routes = kwargs.get("routes")
+    if not isinstance(routes, tuple):
+        return
+    default = server.rate_limit
+    if default is not None:
+        routes = kwargs["routes"] = tuple(
+            dataclasses.replace(route, rate_limit=default)
+            if route.name in ctx.rate_limit_inherited
+            else route
+            for route in routes
+        )
+    if "redis" not in kwargs and ("redis" not in given):
+        if default is not None and default.backend == "redis":
+            ctx.problem("server.rate_limit.backend", "'redis' needs the redis section (redis.url)")
+        for index, route in enumerate(routes):
+            limit = route.rate_limit
+            if limit is not None and limit.backend == "redis" and limit is not default:
+                ctx.problem(
+                    f"routes[{index}].rate_limit.backend",
+                    "'redis' needs the redis section (redis.url)",
+                )
 
 
 def _is_loopback(host: str) -> bool:
@@ -904,6 +1036,7 @@ _GATEWAY = _Section(
                     {"header_read": _duration, "keepalive": _duration, "drain": _duration},
                 ),
                 "via_name": _via_name,
+                "rate_limit": _rate_limit,
             },
         ),
         "admin": _Section(
@@ -913,6 +1046,7 @@ _GATEWAY = _Section(
             LoggingConfig,
             {"level": _choice("debug", "info", "warning", "error"), "access_log": _boolean},
         ),
+        "redis": _Section(RedisConfig, {"url": _redis_url}),
     },
     finish=_finish_gateway,
 )
@@ -942,7 +1076,7 @@ def unit_fields() -> dict[tuple[type[Any], str], Literal["duration", "size"]]:
             for cell in getattr(convert, "__closure__", None) or ():
                 walk(cell.cell_contents, owner)
 
-    # `_upstreams` reaches _UPSTREAM as a global, not through a closure.
-    for root in (_GATEWAY, _UPSTREAM):
+    # `_upstreams` and `_rate_limit` reach their sections as globals, not through closures.
+    for root in (_GATEWAY, _UPSTREAM, _RATE_LIMIT):
         walk(root, None)
     return kinds

@@ -60,6 +60,8 @@ class ServerConfig:
     timeouts: ServerTimeouts = field(default_factory=ServerTimeouts)
     # The pseudonym this gateway adds in Via (RFC 9110 §7.6.3).
     via_name: str = "gateway"
+    # The rate limit of every route that does not set its own `rate_limit`.
+    rate_limit: RateLimitConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,12 +158,70 @@ class RouteMatch:
 
 
 @dataclass(frozen=True, slots=True)
+class Rate:
+    """``limit`` requests per ``period`` seconds, parsed from a `limits` rate string."""
+
+    limit: int
+    period: int
+    # As the config wrote it ("100/second"), for messages and the admin view.
+    text: str
+
+    @property
+    def interval(self) -> float:
+        """Seconds per token: the GCRA emission interval."""
+        return self.period / self.limit
+
+    def __str__(self) -> str:
+        return self.text
+
+
+# A rate-limit key part: "client_ip", "route", or "header:<lower-case field name>".
+KeyPart = str
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitConfig:
+    """One route's rate limit (issue 5); every key but ``rate`` has a default."""
+
+    rate: Rate
+    # Bucket size in requests; 0 (the config omits it) means rate.limit.
+    burst: int = 0
+    # What identifies a client: one or more parts, combined.
+    key: tuple[KeyPart, ...] = ("client_ip",)
+    backend: Literal["memory", "redis"] = "memory"
+    strategy: Literal["token_bucket", "fixed_window", "sliding_window", "moving_window"] = (
+        "token_bucket"
+    )
+    # False is shadow mode: would-be 429s are counted and logged, and the request goes on.
+    enforce: bool = True
+    # When the Redis backend fails or misses its budget: decide with the memory backend,
+    # allow the request, or answer 503.
+    on_backend_error: Literal["local", "allow", "deny"] = "local"
+    # The longest a Redis decision may take before it counts as failed.
+    budget: float = 0.05
+    # Keys the memory backend's table holds per route (and worker host).
+    max_keys: int = 65536
+
+    def __post_init__(self) -> None:
+        if self.burst == 0:
+            object.__setattr__(self, "burst", self.rate.limit)
+
+
+@dataclass(frozen=True, slots=True)
+class RedisConfig:
+    # redis://[user:password@]host:port/db, rediss:// for TLS, or unix:///path/to/socket.
+    url: str = field(repr=False)
+
+
+@dataclass(frozen=True, slots=True)
 class RouteConfig:
     name: str
     upstream: str
     match: RouteMatch = field(default_factory=RouteMatch)
     # Remove match.path_prefix from the path before forwarding.
     strip_prefix: bool = False
+    # None: no rate limit. A route that does not set the key gets server.rate_limit.
+    rate_limit: RateLimitConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,6 +231,8 @@ class GatewayConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
+    # Needed by every `rate_limit` with `backend: redis`.
+    redis: RedisConfig | None = None
 
     def upstream(self, name: str) -> UpstreamConfig:
         for upstream in self.upstreams:

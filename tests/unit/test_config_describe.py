@@ -8,7 +8,7 @@ import random
 import re
 import typing
 from collections.abc import Callable
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import fields, is_dataclass, replace
 from typing import Any
 
 import pytest
@@ -31,6 +31,9 @@ from gateway.config.model import (
     GatewayConfig,
     HeaderMatch,
     ListenAddress,
+    Rate,
+    RateLimitConfig,
+    RedisConfig,
     RouteConfig,
     RouteMatch,
     Target,
@@ -560,114 +563,61 @@ def test_precedence_changes(old: list[str], new: list[str], expected: list[str])
     assert config_hash(after) != config_hash(before)
 
 
-# --- Fields the model does not have yet --------------------------------------------------------
-# A later feature adds a field (a route's rate_limit, a redis section with a password): the
+# --- Fields added by later features -------------------------------------------------------------
+# A feature adds a field (a route's rate_limit, a redis section with a password in its URL): the
 # diff, the view and the hash pick it up by walking the dataclasses.
 
 
-@dataclass(frozen=True, slots=True)
-class RateLimit:
-    rate: str
-    burst: int = 10
-
-
-@dataclass(frozen=True, slots=True)
-class LimitedRoute(RouteConfig):
-    rate_limit: RateLimit | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class RedisConfig:
-    url: str = "redis://127.0.0.1:6379/0"
-    password: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class GatewayWithRedis(GatewayConfig):
-    redis: RedisConfig = field(default_factory=RedisConfig)
-
-
-def _future(rate_limit: RateLimit | None = None, redis: RedisConfig | None = None) -> GatewayConfig:
+def _limited(
+    rate_limit: RateLimitConfig | None = None, redis: RedisConfig | None = None
+) -> GatewayConfig:
     config = load(base_doc())
     routes = tuple(
-        LimitedRoute(
-            name=r.name,
-            upstream=r.upstream,
-            match=r.match,
-            strip_prefix=r.strip_prefix,
-            rate_limit=rate_limit if r.name == "users" else None,
-        )
-        for r in config.routes
+        replace(r, rate_limit=rate_limit if r.name == "users" else None) for r in config.routes
     )
-    return GatewayWithRedis(
-        upstreams=config.upstreams,
-        routes=routes,
-        server=config.server,
-        admin=config.admin,
-        logging=config.logging,
-        redis=redis or RedisConfig(),
-    )
+    return replace(config, routes=routes, redis=redis)
 
 
 def test_later_fields_are_diffed() -> None:
-    plain = _future()
-    limited = _future(RateLimit("100/second"))
+    plain = _limited()
+    limited = _limited(RateLimitConfig(rate=Rate(100, 1, "100/second"), burst=10))
     assert diff_configs(limited, plain) == [
-        "~ route users: rate_limit unset -> {rate: 100/second, burst: 10}"
+        "~ route users: rate_limit unset -> {rate: 100/second, burst: 10, key: [client_ip],"
+        " backend: memory, strategy: token_bucket, enforce: true, on_backend_error: local,"
+        " budget: 50ms, max_keys: 65536}"
     ]
-    assert diff_configs(_future(RateLimit("100/second", 20)), limited) == [
-        "~ route users: rate_limit.burst 10 -> 20"
-    ]
+    more = _limited(RateLimitConfig(rate=Rate(100, 1, "100/second"), burst=20))
+    assert diff_configs(more, limited) == ["~ route users: rate_limit.burst 10 -> 20"]
     assert config_hash(limited) != config_hash(plain)
-    assert redacted_view(limited)["routes"] == [
-        {
-            "name": "users",
-            "upstream": "users",
-            "match": {
-                "host": "api.example.com",
-                "path_prefix": "/users",
-                "methods": ["GET", "POST"],
-                "headers": {},
-            },
-            "strip_prefix": False,
-            "rate_limit": {"rate": "100/second", "burst": 10},
-        },
-        {
-            "name": "billing",
-            "upstream": "billing",
-            "match": {
-                "host": "*.example.com",
-                "path_prefix": "/billing",
-                "methods": None,
-                "headers": {},
-            },
-            "strip_prefix": True,
-            "rate_limit": None,
-        },
-        {
-            "name": "default",
-            "upstream": "users",
-            "match": {"host": None, "path_prefix": "/", "methods": None, "headers": {}},
-            "strip_prefix": False,
-            "rate_limit": None,
-        },
-    ]
+    routes = redacted_view(limited)["routes"]
+    assert isinstance(routes, list)
+    assert routes[0]["rate_limit"] == {
+        "rate": "100/second",
+        "burst": 10,
+        "key": ["client_ip"],
+        "backend": "memory",
+        "strategy": "token_bucket",
+        "enforce": True,
+        "on_backend_error": "local",
+        "budget": 0.05,
+        "max_keys": 65536,
+    }
+    assert [route["rate_limit"] for route in routes[1:]] == [None, None]
 
 
 def test_later_secrets_are_redacted() -> None:
-    old = _future(redis=RedisConfig("redis://:pw-one@cache-a:6379/0", "password-one"))
-    new = _future(redis=RedisConfig("redis://admin:pw-two@cache-b:6379/0", "password-two"))
+    old = _limited(redis=RedisConfig("redis://:pw-one@cache-a:6379/0"))
+    new = _limited(redis=RedisConfig("redis://admin:pw-two@cache-b:6379/0"))
     lines = diff_configs(new, old)
     assert lines == [
         "~ redis.url redis://<redacted>@cache-a:6379/0 -> redis://<redacted>@cache-b:6379/0",
-        "~ redis.password <redacted> -> <redacted>",
     ]
     view = redacted_view(new)
-    assert view["redis"] == {"url": "redis://<redacted>@cache-b:6379/0", "password": "<redacted>"}
+    assert view["redis"] == {"url": "redis://<redacted>@cache-b:6379/0"}
     shown = json.dumps(view) + "\n".join(lines)
-    assert not re.search("pw-|password-|admin:", shown)
+    assert not re.search("pw-|admin:", shown)
     assert config_hash(new) != config_hash(
-        _future(redis=RedisConfig("redis://admin:pw-three@cache-b:6379/0", "password-two"))
+        _limited(redis=RedisConfig("redis://admin:pw-three@cache-b:6379/0"))
     )
 
 
@@ -681,7 +631,16 @@ def test_redacted_view() -> None:
         put("routes.0.match.headers", {"X-Env": "prod", "X-Api-Token": HEADER_SECRET}),
     )
     view = redacted_view(load(doc))
-    assert list(view) == ["server", "admin", "logging", "upstreams", "routes", "route_table"]
+    assert list(view) == [
+        "server",
+        "admin",
+        "logging",
+        "redis",
+        "upstreams",
+        "routes",
+        "route_table",
+    ]
+    assert view["redis"] is None
     assert view["admin"] == {"listen": "127.0.0.1:9901", "token": "<redacted>", "metrics": True}
     assert view["server"] == {
         "listen": "0.0.0.0:8080",
@@ -696,6 +655,7 @@ def test_redacted_view() -> None:
         },
         "timeouts": {"header_read": 10.0, "keepalive": 60.0, "drain": 25.0},
         "via_name": "gateway",
+        "rate_limit": None,
     }
     assert view["logging"] == {"level": "info", "access_log": True}
     upstreams = view["upstreams"]
@@ -722,6 +682,7 @@ def test_redacted_view() -> None:
             "headers": {"x-env": "prod", "x-api-token": "<redacted>"},
         },
         "strip_prefix": False,
+        "rate_limit": None,
     }
     assert view["route_table"] == [
         {
@@ -789,7 +750,7 @@ def _view_paths(tree: object, prefix: str) -> list[str]:
 def test_redacted_view_shows_every_field() -> None:
     view = redacted_view(load(base_doc()))
     shown = set()
-    for section in ("server", "admin", "logging"):
+    for section in ("server", "admin", "logging", "redis"):
         shown |= set(_view_paths(view[section], f"{section}."))
     upstreams = view["upstreams"]
     routes = view["routes"]

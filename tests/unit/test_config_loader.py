@@ -29,6 +29,9 @@ from gateway.config.model import (
     ListenAddress,
     LoggingConfig,
     PoolConfig,
+    Rate,
+    RateLimitConfig,
+    RedisConfig,
     RouteConfig,
     RouteMatch,
     ServerConfig,
@@ -96,7 +99,7 @@ ONE_PROBLEM: list[tuple[str, object, str]] = [
         "upstreams: expected a mapping of upstream names to upstreams, got a list",
     ),
     ("routes-mapping", base(routes={"a": 1}), "routes: expected a list of routes, got a mapping"),
-    ("unknown-top-key", base(redis={"url": "redis://x"}), "redis: unknown key"),
+    ("unknown-top-key", base(telemetry={"on": True}), "telemetry: unknown key"),
     ("misspelt-top-key", base(sever={}), "sever: unknown key (did you mean 'server'?)"),
     ("section-not-mapping", base(server=5), "server: expected a mapping, got 5"),
     ("section-string", base(logging="info"), "logging: expected a mapping, got 'info'"),
@@ -1315,11 +1318,22 @@ server:
     max_requests_per_connection: 10
   timeouts: {header_read: 5s, keepalive: 30s, drain: 10s}
   via_name: edge
+  rate_limit:
+    rate: 50/minute
+    burst: 5
+    key: route
+    backend: redis
+    strategy: token_bucket
+    enforce: false
+    on_backend_error: allow
+    budget: 30ms
+    max_keys: 500
 admin:
   listen: "127.0.0.1:9000"
   token: "${ADMIN_TOKEN}"
   metrics: false
 logging: {level: debug, access_log: false}
+redis: {url: "redis://cache.internal:6380/2"}
 upstreams:
   accounts:
     targets: ["https://users.internal:8443"]
@@ -1338,6 +1352,16 @@ routes:
       methods: [GET]
       headers: {X-Env: prod}
     strip_prefix: true
+    rate_limit:
+      rate: 10 per 5 minutes
+      burst: 3
+      key: [client_ip, header:X-Api-Key]
+      backend: redis
+      strategy: token_bucket
+      enforce: false
+      on_backend_error: deny
+      budget: 20ms
+      max_keys: 1000
 """
 
 
@@ -1356,11 +1380,22 @@ def _expected_every_key(ca_file: str) -> GatewayConfig:
             ),
             timeouts=ServerTimeouts(header_read=5.0, keepalive=30.0, drain=10.0),
             via_name="edge",
+            rate_limit=RateLimitConfig(
+                rate=Rate(50, 60, "50/minute"),
+                burst=5,
+                key=("route",),
+                backend="redis",
+                enforce=False,
+                on_backend_error="allow",
+                budget=0.03,
+                max_keys=500,
+            ),
         ),
         admin=AdminConfig(
             listen=ListenAddress("127.0.0.1", 9000), token=ADMIN_TOKEN, metrics=False
         ),
         logging=LoggingConfig(level="debug", access_log=False),
+        redis=RedisConfig("redis://cache.internal:6380/2"),
         upstreams=(
             UpstreamConfig(
                 name="accounts",
@@ -1384,18 +1419,33 @@ def _expected_every_key(ca_file: str) -> GatewayConfig:
                     headers=(HeaderMatch("x-env", "prod"),),
                 ),
                 strip_prefix=True,
+                rate_limit=RateLimitConfig(
+                    rate=Rate(10, 300, "10 per 5 minutes"),
+                    burst=3,
+                    key=("client_ip", "header:x-api-key"),
+                    backend="redis",
+                    strategy="token_bucket",
+                    enforce=False,
+                    on_backend_error="deny",
+                    budget=0.02,
+                    max_keys=1000,
+                ),
             ),
         ),
     )
 
 
-# Fields whose only allowed value is the default (one balancing strategy so far).
-_ONLY_VALUE = {(UpstreamConfig, "balance")}
+# Fields whose only allowed value is the default (one balancing strategy so far), and the
+# rate-limit strategy: `burst` is only allowed with token_bucket, the default.
+_ONLY_VALUE = {(UpstreamConfig, "balance"), (RateLimitConfig, "strategy")}
 
 
 def _differs_from_defaults(value: object, default: object, where: str) -> list[str]:
     """Fields of ``value`` (recursively) still equal to ``default``'s."""
-    if not is_dataclass(value) or isinstance(value, ListenAddress | Target | HeaderMatch):
+    if default is None and isinstance(value, RateLimitConfig):
+        # An optional section: compared with the one that sets only its required key.
+        default = RateLimitConfig(rate=Rate(1, 1, "1/second"))
+    if not is_dataclass(value) or isinstance(value, ListenAddress | Target | HeaderMatch | Rate):
         return [where] if value == default else []
     same = []
     for field in fields(value):
@@ -1435,7 +1485,14 @@ def test_unit_fields_are_read_from_the_tables() -> None:
     assert (ServerLimits, "max_headers") not in kinds
     # The model keeps every duration as a float (seconds): each float field is one.
     floats = set()
-    for cls in (ServerTimeouts, PoolConfig, UpstreamTimeouts, UpstreamConfig, ServerLimits):
+    for cls in (
+        ServerTimeouts,
+        PoolConfig,
+        UpstreamTimeouts,
+        UpstreamConfig,
+        ServerLimits,
+        RateLimitConfig,
+    ):
         floats |= {(cls, f.name) for f in fields(cls) if f.type == "float"}
     assert floats == {key for key, kind in kinds.items() if kind == "duration"}
 

@@ -1,0 +1,1 @@
+"""Per-client rate limiting (issue 5): GCRA token buckets and the `limits` windows."""
