@@ -22,6 +22,7 @@ from gateway.downstream.listener import Listener
 from gateway.observability import metrics
 from gateway.observability.logging import get_logger
 from gateway.observability.request_metrics import DisabledRequestMetrics, RequestMetrics
+from gateway.ratelimit.backends import RateLimitBackends
 from gateway.runtime import Runtime
 from gateway.server import Dispatcher, GatewayServer
 from gateway.upstream.pool import UpstreamPool
@@ -60,6 +61,8 @@ class RunningGateway:
     address: tuple[str, int]
     admin_address: tuple[str, int] | None
     sampler: asyncio.Task[None] | None
+    # Shared rate-limit tables and Redis clients, kept across reloads.
+    rate_limits: RateLimitBackends = field(default_factory=RateLimitBackends)
     draining: bool = False
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
     _retiring: set[asyncio.Task[None]] = field(default_factory=set)
@@ -76,7 +79,7 @@ class RunningGateway:
         Listener and admin addresses are not changed by a reload.
         """
         old = self.dispatcher.runtime
-        new = Runtime.build(config, self.dispatcher.metrics, previous=old)
+        new = Runtime.build(config, self.dispatcher.metrics, self.rate_limits, previous=old)
         self.dispatcher.swap(new)
         retired = old.pools_to_retire(new)
         if retired:
@@ -112,6 +115,7 @@ class RunningGateway:
         await self.dispatcher.runtime.close()
         for task in list(self._retiring):
             await task
+        await self.rate_limits.close()
         if self.admin is not None:
             await self.admin.cleanup()
         self.stopped.set()
@@ -157,7 +161,8 @@ async def start(
         metrics.mark_build_info()
     else:
         request_metrics = DisabledRequestMetrics()
-    runtime = Runtime.build(config, request_metrics)
+    rate_limits = RateLimitBackends()
+    runtime = Runtime.build(config, request_metrics, rate_limits)
     dispatcher = Dispatcher(runtime, request_metrics)
     server = GatewayServer(dispatcher)
     sock = _bind(config.server.listen, reuse_port)
@@ -178,6 +183,7 @@ async def start(
         admin=None,
         address=(bound[0], bound[1]),
         admin_address=None,
+        rate_limits=rate_limits,
         sampler=(
             loop.create_task(_publish_metrics(request_metrics, sampler))
             if config.admin.metrics

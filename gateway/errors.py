@@ -17,11 +17,20 @@ class GatewayError(Exception):
     # when an unread request body would otherwise be parsed as the next request).
     close_connection: bool = False
 
-    def __init__(self, message: str, *, close_connection: bool | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        close_connection: bool | None = None,
+        fields: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
         super().__init__(message)
         self.message = message
         if close_connection is not None:
             self.close_connection = close_connection
+        # Extra header fields for the error response (Retry-After, RateLimit...), as raw
+        # (name, value) pairs.
+        self.fields: list[tuple[bytes, bytes]] = fields or []
 
 
 class BadRequest(GatewayError):
@@ -68,6 +77,17 @@ class HeadersTooLarge(GatewayError):
     status = 431
     code = "headers_too_large"
     close_connection = True
+
+
+class TooManyRequests(GatewayError):
+    """A rate limit refused the request (RFC 6585 §4); Retry-After says when to come back.
+
+    A body the client still sends is never parsed as a next request: the connection lingers
+    to discard it and closes (`gateway.downstream.connection`), like after any early answer.
+    """
+
+    status = 429
+    code = "rate_limited"
 
 
 class BadGateway(GatewayError):

@@ -37,6 +37,7 @@ class ProxyRequest:
         "path",
         "peer_ip",
         "peer_trusted",
+        "rate_limit",
         "request_id",
         "scheme",
         "send_informational",
@@ -96,6 +97,9 @@ class ProxyRequest:
         # The W3C trace id this request carries upstream (generated when the client sent
         # none).
         self.trace_id = trace_id
+        # The rate limit's decision (allowed, limited, shadow, error) for the access line;
+        # None when the route has no rate limit.
+        self.rate_limit: str | None = None
 
     def __repr__(self) -> str:
         return f"<ProxyRequest {self.method} {self.target!r} id={self.request_id}>"

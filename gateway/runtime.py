@@ -11,13 +11,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from gateway.chain import Handler, compose
+from gateway.chain import Handler, Stage, compose
 from gateway.config.model import GatewayConfig
 from gateway.edge import EdgeSettings
 from gateway.headers import via_value
 from gateway.observability.access_log import AccessLog
 from gateway.observability.request_metrics import RequestMetrics
 from gateway.proxy import Forwarder
+from gateway.ratelimit.backends import RateLimitBackends
 from gateway.routing import Router
 from gateway.upstream.pool import UpstreamPool
 
@@ -36,7 +37,11 @@ class Runtime:
 
     @classmethod
     def build(
-        cls, config: GatewayConfig, metrics: RequestMetrics, previous: Runtime | None = None
+        cls,
+        config: GatewayConfig,
+        metrics: RequestMetrics,
+        backends: RateLimitBackends,
+        previous: Runtime | None = None,
     ) -> Runtime:
         pools: dict[str, UpstreamPool] = {}
         old_pools = previous.pools if previous is not None else {}
@@ -52,8 +57,12 @@ class Runtime:
         handlers: dict[str, Handler] = {}
         for route in config.routes:
             forward = Forwarder(route, pools[route.upstream], config.server.via_name, metrics)
-            # Later issues add rate limit, cache and compression stages here, per route.
-            handlers[route.name] = compose((), forward)
+            # DESIGN.md §1: rate limit, then (later issues) cache and compression.
+            stages: list[Stage] = []
+            rate_limit = backends.stage(route, config, metrics)
+            if rate_limit is not None:
+                stages.append(rate_limit)
+            handlers[route.name] = compose(stages, forward)
         return cls(
             config=config,
             edge=EdgeSettings.from_config(config.server),

@@ -221,11 +221,13 @@ class Dispatcher:
             client_ip = proxy_request.client_ip
             path = proxy_request.path
             trace_id: str | None = proxy_request.trace_id
+            rate_limit = proxy_request.rate_limit
         else:
             request_id = "-"
             client_ip = head.peer_ip
             path = head.raw_target.split(b"?", 1)[0].decode("latin-1")
             trace_id = None
+            rate_limit = None
         bytes_in = body.received if body is not None else 0
         access_log.record(
             request_id=request_id,
@@ -240,6 +242,7 @@ class Dispatcher:
             duration=duration,
             upstream_seconds=proxy_response.upstream_seconds if proxy_response else None,
             trace_id=trace_id,
+            rate_limit=rate_limit,
         )
 
 

@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 # The same name as gateway.observability.metrics.MULTIPROC_ENV, which cannot be imported before
 # the variable is set (importing it imports prometheus-client).
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+# gateway.ratelimit.memory.STATE_DIR_ENV, for the same reason.
+STATE_DIR_ENV = "GATEWAY_STATE_DIR"
 
 # Restart delays: the first restart at once, then doubling up to the cap.
 FIRST_BACKOFF = 1.0
@@ -90,6 +92,10 @@ def run(config_path: str, *, watch: bool = False) -> int:
         metrics_dir.mkdir()
         # Inherited by every worker, whose metric values then land in files this process sums.
         os.environ[MULTIPROC_ENV] = str(metrics_dir)
+        # Where the workers map the rate-limit tables they share (gateway.ratelimit.memory).
+        state_dir = workdir / "state"
+        state_dir.mkdir()
+        os.environ[STATE_DIR_ENV] = str(state_dir)
 
         import uvloop
 

@@ -127,14 +127,15 @@ def error_response(error: GatewayError, request_id: str, *, close: bool, head_on
     response to HEAD carries the head only (RFC 9110 §9.3.2).
     """
     body = error_body(error.code, error.message, request_id)
-    head = b"".join(
-        (
-            status_line(error.status),
-            b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(body),
-            b"X-Request-ID: " + request_id.encode("ascii") + _CRLF,
-            DATE.line(),
-            _CLOSE if close else b"",
-            _CRLF,
-        )
-    )
+    parts = [
+        status_line(error.status),
+        b"Content-Type: application/json\r\nContent-Length: %d\r\n" % len(body),
+        b"X-Request-ID: " + request_id.encode("ascii") + _CRLF,
+        DATE.line(),
+    ]
+    if error.fields:
+        _add_fields(parts, error.fields)
+    parts.append(_CLOSE if close else b"")
+    parts.append(_CRLF)
+    head = b"".join(parts)
     return head if head_only else head + body

@@ -57,6 +57,7 @@ class AccessLog:
         duration: float,
         upstream_seconds: float | None,
         trace_id: str | None,
+        rate_limit: str | None = None,
     ) -> None:
         upstream_ms = "null" if upstream_seconds is None else f"{upstream_seconds * 1000:.3f}"
         write_line(
@@ -66,5 +67,6 @@ class AccessLog:
             f'"upstream": {"null" if upstream is None else _quote(upstream)}, '
             f'"status": {status:d}, "bytes_in": {bytes_in:d}, "bytes_out": {bytes_out:d}, '
             f'"duration_ms": {duration * 1000:.3f}, "upstream_ms": {upstream_ms}, '
-            f'"trace_id": {"null" if trace_id is None else _quote(trace_id)}}}'
+            f'"trace_id": {"null" if trace_id is None else _quote(trace_id)}, '
+            f'"rate_limit": {"null" if rate_limit is None else _quote(rate_limit)}}}'
         )

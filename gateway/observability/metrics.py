@@ -43,6 +43,23 @@ _STATUS_CLASS = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx"}
 # upstream's may reach the response timeout.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
+# A rate-limit decision: microseconds in memory, a round trip to Redis, the budget (50 ms).
+RATELIMIT_BUCKETS = (
+    0.00001,
+    0.000025,
+    0.00005,
+    0.0001,
+    0.00025,
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+)
+
 REQUESTS = Counter(
     "gateway_requests_total",
     "Requests answered, by route, method and status class.",
@@ -65,6 +82,25 @@ UPSTREAM_ERRORS = Counter(
     "Upstream failures by kind: connect (refused, reset, bad answer), timeout, busy (no pool "
     "slot), aborted (failed after the response began).",
     ["upstream", "kind"],
+)
+RATELIMIT_DECISIONS = Counter(
+    "gateway_ratelimit_decisions_total",
+    "Rate-limit decisions by route: allowed, limited (429), shadow (would have been limited,"
+    " enforce: false) and error (the backend failed or missed its budget; on_backend_error"
+    " decided).",
+    ["route", "decision"],
+)
+RATELIMIT_BACKEND_DURATION = Histogram(
+    "gateway_ratelimit_backend_seconds",
+    "Time a rate-limit backend took to decide, by backend (memory, redis).",
+    ["backend"],
+    buckets=RATELIMIT_BUCKETS,
+)
+RATELIMIT_BACKEND_FAILURES = Counter(
+    "gateway_ratelimit_backend_failovers_total",
+    "Times a rate-limit backend went from answering to failing (errors or missed budgets);"
+    ' the decisions made meanwhile count as decision="error".',
+    ["backend"],
 )
 UPSTREAM_CONNECTIONS = Gauge(
     "gateway_upstream_connections",
@@ -134,8 +170,17 @@ def count_upstream_errors(upstream: str, kind: str, count: int) -> None:
     UPSTREAM_ERRORS.labels(upstream, kind).inc(count)
 
 
+def count_ratelimit_decisions(route: str, decision: str, count: int) -> None:
+    RATELIMIT_DECISIONS.labels(route, decision).inc(count)
+
+
+def count_ratelimit_failover(backend: str) -> None:
+    RATELIMIT_BACKEND_FAILURES.labels(backend).inc()
+
+
 def add_observations(histogram: Histogram, label: str, counts: list[int], total: float) -> None:
-    """Add whole bucket counts (one per bound of BUCKETS, +Inf last) and their sum."""
+    """Add whole bucket counts (one per bound of the histogram's buckets, +Inf last) and
+    their sum."""
     child = histogram.labels(label)
     # Not in prometheus-client's public API: its histogram child keeps one value per bucket and
     # one for the sum, and has for many releases.

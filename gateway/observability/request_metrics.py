@@ -22,6 +22,7 @@ _KNOWN_METHODS: Final = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
 )
 _BOUNDS: Final = [*metrics.BUCKETS, float("inf")]
+_RATELIMIT_BOUNDS: Final = [*metrics.RATELIMIT_BUCKETS, float("inf")]
 
 
 def method_label(method: str) -> str:
@@ -31,28 +32,38 @@ def method_label(method: str) -> str:
 class Observations:
     """Histogram observations held in plain numbers until the next flush."""
 
-    __slots__ = ("counts", "total")
+    __slots__ = ("bounds", "counts", "total")
 
-    def __init__(self) -> None:
+    def __init__(self, bounds: list[float]) -> None:
+        self.bounds = bounds
         # prometheus-client stores one (non-cumulative) count per upper bound, +Inf last.
-        self.counts = [0] * len(_BOUNDS)
+        self.counts = [0] * len(bounds)
         self.total = 0.0
 
     def add(self, value: float) -> None:
-        self.counts[bisect_left(_BOUNDS, value)] += 1
+        self.counts[bisect_left(self.bounds, value)] += 1
         self.total += value
 
 
 class RequestMetrics:
     """What the request path observes, published to prometheus-client by `flush`."""
 
-    __slots__ = ("_durations", "_requests", "_upstream_durations", "_upstream_errors")
+    __slots__ = (
+        "_durations",
+        "_ratelimit_decisions",
+        "_ratelimit_durations",
+        "_requests",
+        "_upstream_durations",
+        "_upstream_errors",
+    )
 
     def __init__(self) -> None:
         self._requests: dict[tuple[str, str, int], int] = {}
         self._durations: dict[str, Observations] = {}
         self._upstream_durations: dict[str, Observations] = {}
         self._upstream_errors: dict[tuple[str, str], int] = {}
+        self._ratelimit_decisions: dict[tuple[str, str], int] = {}
+        self._ratelimit_durations: dict[str, Observations] = {}
 
     def request_done(self, route: str, method: str, status: int, seconds: float) -> None:
         # Keyed by the method label, not the method: clients may send any token as a method.
@@ -61,18 +72,26 @@ class RequestMetrics:
         requests[key] = requests.get(key, 0) + 1
         observations = self._durations.get(route)
         if observations is None:
-            observations = self._durations[route] = Observations()
+            observations = self._durations[route] = Observations(_BOUNDS)
         observations.add(seconds)
 
     def upstream_answered(self, upstream: str, seconds: float) -> None:
         observations = self._upstream_durations.get(upstream)
         if observations is None:
-            observations = self._upstream_durations[upstream] = Observations()
+            observations = self._upstream_durations[upstream] = Observations(_BOUNDS)
         observations.add(seconds)
 
     def upstream_failed(self, upstream: str, kind: str) -> None:
         key = (upstream, kind)
         self._upstream_errors[key] = self._upstream_errors.get(key, 0) + 1
+
+    def ratelimit_decided(self, route: str, decision: str, backend: str, seconds: float) -> None:
+        key = (route, decision)
+        self._ratelimit_decisions[key] = self._ratelimit_decisions.get(key, 0) + 1
+        observations = self._ratelimit_durations.get(backend)
+        if observations is None:
+            observations = self._ratelimit_durations[backend] = Observations(_RATELIMIT_BOUNDS)
+        observations.add(seconds)
 
     def flush(self) -> None:
         """Publish what was observed since the last flush."""
@@ -92,6 +111,17 @@ class RequestMetrics:
         errors, self._upstream_errors = self._upstream_errors, {}
         for (upstream, kind), count in errors.items():
             metrics.count_upstream_errors(upstream, kind, count)
+        decisions, self._ratelimit_decisions = self._ratelimit_decisions, {}
+        for (route, decision), count in decisions.items():
+            metrics.count_ratelimit_decisions(route, decision, count)
+        backend_durations, self._ratelimit_durations = self._ratelimit_durations, {}
+        for backend, observations in backend_durations.items():
+            metrics.add_observations(
+                metrics.RATELIMIT_BACKEND_DURATION,
+                backend,
+                observations.counts,
+                observations.total,
+            )
 
 
 class DisabledRequestMetrics(RequestMetrics):
@@ -106,6 +136,9 @@ class DisabledRequestMetrics(RequestMetrics):
         return None
 
     def upstream_failed(self, upstream: str, kind: str) -> None:
+        return None
+
+    def ratelimit_decided(self, route: str, decision: str, backend: str, seconds: float) -> None:
         return None
 
     def flush(self) -> None:

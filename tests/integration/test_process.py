@@ -109,7 +109,7 @@ async def test_admin_health_endpoints_and_access_log(tmp_path: Path) -> None:
         assert set(line) >= {
             "timestamp", "event", "request_id", "client_ip", "method", "path", "route",
             "upstream", "status", "bytes_in", "bytes_out", "duration_ms", "upstream_ms",
-            "trace_id",
+            "trace_id", "rate_limit",
         }  # fmt: skip
         assert line["event"] == "access"
         assert line["status"] == 404
@@ -122,6 +122,7 @@ async def test_admin_health_endpoints_and_access_log(tmp_path: Path) -> None:
         assert line["bytes_out"] > 0
         assert line["duration_ms"] >= line["upstream_ms"] >= 0
         assert len(line["trace_id"]) == 32
+        assert line["rate_limit"] is None  # the route has no rate limit
 
 
 def test_refuses_to_start_without_the_c_parser(tmp_path: Path) -> None:

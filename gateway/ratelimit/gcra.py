@@ -1,0 +1,77 @@
+"""The token bucket as GCRA, the generic cell rate algorithm: one timestamp per key.
+
+A bucket of ``burst`` tokens refilled at one token per ``interval`` seconds is the same thing
+as a theoretical arrival time (TAT): the instant at which the bucket would be full again if
+nothing more arrived. A request at ``now`` costing ``cost`` tokens moves the TAT to
+``max(TAT, now) + cost * interval``; it is allowed when that is no more than ``burst *
+interval`` ahead of ``now``. An allowed request stores the new TAT; a refused one changes
+nothing. A key whose TAT is not after ``now`` is a full bucket, exactly like a key never seen,
+which is what lets a bounded table forget it (`gateway.ratelimit.table`).
+
+Pure arithmetic on floats in seconds: the memory backend, the Redis script (``gcra.lua``,
+the same rule in Lua) and the tests share it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+
+class Verdict(NamedTuple):
+    """One decision and what the response fields say about it."""
+
+    allowed: bool
+    # Whole tokens left after this request (0 when refused).
+    remaining: int
+    # Seconds until a request of the same cost would be allowed (0 when allowed).
+    retry_after: float
+    # Seconds until the bucket is full again.
+    reset_after: float
+
+
+class Decision(NamedTuple):
+    verdict: Verdict
+    # The TAT to store: None when nothing changes (a refused request).
+    new_tat: float | None
+
+
+def decide(tat: float | None, now: float, interval: float, burst: int, cost: int = 1) -> Decision:
+    """Decide a request at ``now`` against a bucket whose stored TAT is ``tat`` (None: unseen).
+
+    ``interval`` is the seconds per token (the rate's period divided by its limit) and
+    ``burst`` the bucket's size in tokens; ``cost`` tokens are taken when allowed.
+    """
+    start = now if tat is None or tat < now else tat
+    tolerance = burst * interval
+    new_tat = start + cost * interval
+    ahead = new_tat - now
+    if ahead > tolerance + _EPSILON:
+        reset_after = start - now
+        return Decision(
+            Verdict(
+                allowed=False,
+                remaining=0,
+                retry_after=ahead - tolerance,
+                reset_after=reset_after,
+            ),
+            None,
+        )
+    return Decision(
+        Verdict(
+            allowed=True,
+            remaining=_whole_tokens(tolerance - ahead, interval),
+            retry_after=0.0,
+            reset_after=ahead,
+        ),
+        new_tat,
+    )
+
+
+# Float slack: after k requests at one instant the TAT is now + k * interval summed k times,
+# which may exceed burst * interval by a rounding error when k == burst.
+_EPSILON = 1e-9
+
+
+def _whole_tokens(spare_seconds: float, interval: float) -> int:
+    return max(0, math.floor(spare_seconds / interval + _EPSILON))

@@ -1,0 +1,85 @@
+"""The memory backend: exact for every worker of a host together, through shared tables.
+
+Each limited route gets a `SharedTable` file in the state directory. Under `gateway run` the
+supervisor creates that directory and passes it to its workers (``GATEWAY_STATE_DIR``), so all
+of them map the same files and a client counts once whichever worker its connection landed on;
+the directory is removed when the supervisor exits. A gateway started in-process (tests,
+`gateway.app.start`) without the variable uses a private directory of its own.
+
+The file's name comes from the route and everything that gives a key's state its meaning
+(strategy, rate, burst, key, table size): a reload that keeps them keeps the counts; one that
+changes them starts a new table.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import tempfile
+import time
+import weakref
+from pathlib import Path
+from typing import Final
+
+from gateway.config.model import RateLimitConfig
+from gateway.ratelimit.gcra import Verdict
+from gateway.ratelimit.policy import TokenBucket
+from gateway.ratelimit.table import SharedTable
+
+STATE_DIR_ENV: Final = "GATEWAY_STATE_DIR"
+
+
+class MemoryLimiter:
+    """Decides for one route's policy against its shared table."""
+
+    __slots__ = ("_policy", "_table")
+
+    def __init__(self, table: SharedTable, policy: TokenBucket) -> None:
+        self._table = table
+        self._policy = policy
+
+    def decide(self, key: bytes) -> Verdict:
+        policy = self._policy
+        return self._table.apply(key, time.monotonic(), policy.step, policy.expired)
+
+
+def table_name(route: str, config: RateLimitConfig) -> str:
+    rate = config.rate
+    parts = (route, config.strategy, rate.limit, rate.period, config.burst, config.key)
+    identity = repr((*parts, config.max_keys))
+    return f"ratelimit-{hashlib.sha256(identity.encode()).hexdigest()[:20]}.table"
+
+
+class Tables:
+    """The shared tables this process has mapped, by file name.
+
+    Held weakly: a table lives as long as a runtime's limiter uses it. A reload that keeps a
+    route's policy gets the same table (the old runtime still holds it while the new one is
+    built); a table no runtime uses any more is unmapped when the last request on the old
+    runtime lets go of it.
+    """
+
+    def __init__(self, directory: Path | None = None) -> None:
+        configured = os.environ.get(STATE_DIR_ENV)
+        self._private: Path | None = None
+        if directory is None:
+            if configured:
+                directory = Path(configured)
+            else:
+                directory = self._private = Path(tempfile.mkdtemp(prefix="gateway-state-"))
+        self.directory = directory
+        self._open: weakref.WeakValueDictionary[str, SharedTable] = weakref.WeakValueDictionary()
+
+    def limiter(self, route: str, config: RateLimitConfig) -> MemoryLimiter:
+        name = table_name(route, config)
+        table = self._open.get(name)
+        if table is None:
+            table = SharedTable(self.directory / name, config.max_keys)
+            self._open[name] = table
+        return MemoryLimiter(table, TokenBucket(config.rate, config.burst))
+
+    def close(self) -> None:
+        """Remove a private directory (the mapped tables stay valid until released)."""
+        if self._private is not None:
+            shutil.rmtree(self._private, ignore_errors=True)
