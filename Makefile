@@ -30,7 +30,8 @@ check: $(STAMP)
 
 # The hot-path modules compiled with mypyc (docs/performance.md), into $(COMPILED).
 compiled: $(STAMP)
-	rm -rf $(COMPILED)
+	# setuptools would copy extensions left in build/lib.* by an earlier list of modules.
+	rm -rf $(COMPILED) build/lib.* build/temp.*
 	GATEWAY_MYPYC=1 $(BIN)/python -m pip install --quiet --no-build-isolation --no-deps --target $(COMPILED) .
 
 # The same suite against the compiled build: it is what the Docker image and make bench run.

@@ -7,6 +7,7 @@ carried over with their warm connections; the others drain and close.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -23,7 +24,8 @@ from gateway.routing import Router
 from gateway.upstream.pool import UpstreamPool
 
 
-@dataclass(frozen=True, slots=True)
+# weakref_slot: the rate-limit tables a runtime uses are given back by a finalizer on it.
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class Runtime:
     config: GatewayConfig
     edge: EdgeSettings
@@ -55,15 +57,16 @@ class Runtime:
             else:
                 pools[upstream.name] = UpstreamPool(upstream)
         handlers: dict[str, Handler] = {}
+        leases: list[str] = []
         for route in config.routes:
             forward = Forwarder(route, pools[route.upstream], config.server.via_name, metrics)
             # DESIGN.md §1: rate limit, then (later issues) cache and compression.
             stages: list[Stage] = []
-            rate_limit = backends.stage(route, config, metrics)
+            rate_limit = backends.stage(route, config, metrics, leases)
             if rate_limit is not None:
                 stages.append(rate_limit)
             handlers[route.name] = compose(stages, forward)
-        return cls(
+        runtime = cls(
             config=config,
             edge=EdgeSettings.from_config(config.server),
             router=Router(config.routes),
@@ -72,6 +75,11 @@ class Runtime:
             via_response=via_value((1, 1), config.server.via_name),
             access_log=AccessLog() if config.logging.access_log else None,
         )
+        if leases:
+            # Requests in flight on this runtime may still decide after a reload replaced
+            # it: its tables are given back only once nothing refers to it any more.
+            weakref.finalize(runtime, backends.release, leases)
+        return runtime
 
     def pools_to_retire(self, successor: Runtime) -> list[UpstreamPool]:
         """The pools of this runtime that ``successor`` does not carry over."""

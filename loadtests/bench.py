@@ -36,6 +36,10 @@ closed meanwhile, which should be 0; the gateway's keep-alive timeout is set to 
 limit is raised to the hard limit (inherited by the proxies); HAProxy refuses to start unless
 twice its maxconn fits it, so with a hard limit of 20,000 it gets 9,900 connections.
 
+Features (`--features`, on by default), on fresh processes: the small GET against gateways that
+differ in one feature each (`loadtests/features.py`: rate limiting in memory and in a Redis it
+starts), with each one's ratio to the gateway without features.
+
 Scaling (`--scaling`, on by default; `--no-scaling` skips it), last, on fresh processes: the
 `small` scenario against nginx with `worker_processes 1` and `2` and against the gateway with
 `workers: 1` and `2` (those of `--targets` that are nginx or the gateway), all four in every round,
@@ -83,6 +87,7 @@ from pathlib import Path
 from typing import Any
 from urllib.request import Request, urlopen
 
+from features import add_ratios, print_features, start_feature_gateways
 from targets import (
     BODY,
     WrkResult,
@@ -351,6 +356,23 @@ def run_scaling(
     return {"settings": settings, "targets": by_target, **scaling_ratios(rps)}
 
 
+def run_features(
+    workdir: Path, upstreams: tuple[int, int], args: argparse.Namespace
+) -> dict[str, Any]:
+    """The small GET against one fresh gateway per feature variant (loadtests/features.py)."""
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        started = start_feature_gateways(workdir, upstreams, args.gateway_build, processes)
+        targets = [Target(label, port, pids) for label, port, pids in started]
+        check_answers(targets)
+        outcome = run_scenario(
+            SCENARIOS["small"], targets, rounds=args.rounds, duration=args.duration, script=None
+        )
+    finally:
+        stop(processes)
+    return add_ratios(outcome)
+
+
 def _optional(value: float | None, width: int) -> str:
     return f"{'-':>{width}}" if value is None else f"{value:{width}.3f}"
 
@@ -531,6 +553,13 @@ def parse_args() -> argparse.Namespace:
         help="run the small GET against 1 and 2 workers of nginx and the gateway (default on)",
     )
     parser.add_argument(
+        "--features",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="price each gateway feature on the small GET against the gateway without it "
+        "(loadtests/features.py; default on; needs redis-server)",
+    )
+    parser.add_argument(
         "--scaling-threads",
         type=int,
         default=2,
@@ -565,7 +594,7 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    ensure_tools(("nginx", "wrk", "haproxy"))
+    ensure_tools(("nginx", "wrk", "haproxy", "redis-server"))
     # Children inherit the limit: the proxies hold the idle connections and wrk -c1000 its own.
     fds = raise_fd_limit(hard_fd_limit())
     if fds < args.idle + 2000:
@@ -582,6 +611,7 @@ def main() -> int:
         },
         "scenarios": {},
         "idle": {},
+        "features": {},
         "scaling": {},
     }
     with tempfile.TemporaryDirectory(prefix="gw-bench-") as tmp:
@@ -637,6 +667,10 @@ def main() -> int:
                 )
                 results["scenarios"][name] = outcome
                 print_table(name, scenario, outcome, args)
+                sys.stdout.flush()
+            if args.features and "gateway" in args.targets:
+                results["features"] = run_features(workdir, (small_port, body_port), args)
+                print_features(results["features"], args, SCENARIOS["small"].title)
                 sys.stdout.flush()
             if args.scaling:
                 upstreams = (small_port, body_port)

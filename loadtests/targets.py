@@ -255,14 +255,22 @@ def gateway_conf(
     metrics: bool = True,
     keepalive: str = "300s",
     workers: int = 1,
+    rate_limit: str | None = None,
+    redis_url: str | None = None,
 ) -> Path:
     """The gateway with ``workers`` workers; ``ports`` is (small upstream, body upstream, listen).
 
     With more than one, the supervisor starts that many worker processes, each listening on the
-    port with SO_REUSEPORT.
+    port with SO_REUSEPORT. ``rate_limit`` ("memory" or "redis", which needs ``redis_url``)
+    puts a per-client-IP limit on every route that never refuses (a million a second): it
+    prices the decision, not the refusals.
     """
     small_port, body_port, listen_port = ports
     conf = workdir / f"{name}.yaml"
+    extra = ""
+    if rate_limit is not None:
+        extra += f"  rate_limit: {{ rate: 1000000/second, backend: {rate_limit}, budget: 1s }}\n"
+    redis = f'redis:\n  url: "{redis_url}"\n' if redis_url else ""
     conf.write_text(
         textwrap.dedent(
             f"""\
@@ -273,12 +281,12 @@ def gateway_conf(
                 max_requests_per_connection: {MAX_REQUESTS}
               timeouts:
                 keepalive: {keepalive}
-            admin:
+            {{extra}}admin:
               listen: "127.0.0.1:0"
               metrics: {"true" if metrics else "false"}
             logging:
               access_log: {"true" if access_log else "false"}
-            upstreams:
+            {{redis}}upstreams:
               small:
                 targets: ["http://127.0.0.1:{small_port}"]
                 pool: {{ max_idle: 64 }}
@@ -296,6 +304,8 @@ def gateway_conf(
                 upstream: small
             """
         )
+        .replace("{extra}", extra)
+        .replace("{redis}", redis)
     )
     return conf
 

@@ -17,13 +17,20 @@ class RateLimitBackends:
         self._redis: dict[str, RedisBackend] = {}
 
     def stage(
-        self, route: RouteConfig, config: GatewayConfig, metrics: RequestMetrics
+        self,
+        route: RouteConfig,
+        config: GatewayConfig,
+        metrics: RequestMetrics,
+        leases: list[str],
     ) -> RateLimitStage | None:
+        """The route's stage, or None; the tables it maps are added to ``leases``, to give
+        back with `release` once the runtime holding the stage is gone."""
         limit = route.rate_limit
         if limit is None:
             return None
         # The memory limiter serves the memory backend, and a Redis one's `local` fallback.
-        local = self.tables.limiter(route.name, limit)
+        local, lease = self.tables.limiter(route.name, limit)
+        leases.append(lease)
         remote = None
         if limit.backend == "redis":
             assert config.redis is not None  # the loader requires it
@@ -33,6 +40,9 @@ class RateLimitBackends:
                 backend = self._redis[url] = RedisBackend(url)
             remote = RedisLimiter(backend, limit)
         return RateLimitStage(route.name, limit, local, remote, metrics)
+
+    def release(self, leases: list[str]) -> None:
+        self.tables.release(leases)
 
     async def close(self) -> None:
         for backend in self._redis.values():

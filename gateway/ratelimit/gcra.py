@@ -15,57 +15,60 @@ the same rule in Lua) and the tests share it.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
 
 
-class Verdict(NamedTuple):
-    """One decision and what the response fields say about it."""
+class Verdict:
+    """One decision and what the response fields say about it.
 
-    allowed: bool
-    # Whole tokens left after this request (0 when refused).
-    remaining: int
-    # Seconds until a request of the same cost would be allowed (0 when allowed).
-    retry_after: float
-    # Seconds until the bucket is full again.
-    reset_after: float
+    A plain class rather than a NamedTuple: one is built per request, and under mypyc a
+    hand-written class is native (`gateway.messages`).
+    """
+
+    __slots__ = ("allowed", "remaining", "reset_after", "retry_after")
+
+    def __init__(
+        self, allowed: bool, remaining: int, retry_after: float, reset_after: float
+    ) -> None:
+        self.allowed = allowed
+        # Whole tokens left after this request (0 when refused).
+        self.remaining = remaining
+        # Seconds until a request of the same cost would be allowed (0 when allowed).
+        self.retry_after = retry_after
+        # Seconds until the bucket is full again.
+        self.reset_after = reset_after
+
+    def _fields(self) -> tuple[bool, int, float, float]:
+        return (self.allowed, self.remaining, self.retry_after, self.reset_after)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Verdict) and self._fields() == other._fields()
+
+    def __hash__(self) -> int:
+        return hash(self._fields())
+
+    def __repr__(self) -> str:
+        return (
+            f"Verdict(allowed={self.allowed}, remaining={self.remaining}, "
+            f"retry_after={self.retry_after}, reset_after={self.reset_after})"
+        )
 
 
-class Decision(NamedTuple):
-    verdict: Verdict
-    # The TAT to store: None when nothing changes (a refused request).
-    new_tat: float | None
-
-
-def decide(tat: float | None, now: float, interval: float, burst: int, cost: int = 1) -> Decision:
+def decide(
+    tat: float | None, now: float, interval: float, burst: int, cost: int = 1
+) -> tuple[Verdict, float | None]:
     """Decide a request at ``now`` against a bucket whose stored TAT is ``tat`` (None: unseen).
 
     ``interval`` is the seconds per token (the rate's period divided by its limit) and
-    ``burst`` the bucket's size in tokens; ``cost`` tokens are taken when allowed.
+    ``burst`` the bucket's size in tokens; ``cost`` tokens are taken when allowed. Returns the
+    verdict and the TAT to store (None when nothing changes: a refused request).
     """
     start = now if tat is None or tat < now else tat
     tolerance = burst * interval
     new_tat = start + cost * interval
     ahead = new_tat - now
     if ahead > tolerance + _EPSILON:
-        reset_after = start - now
-        return Decision(
-            Verdict(
-                allowed=False,
-                remaining=0,
-                retry_after=ahead - tolerance,
-                reset_after=reset_after,
-            ),
-            None,
-        )
-    return Decision(
-        Verdict(
-            allowed=True,
-            remaining=_whole_tokens(tolerance - ahead, interval),
-            retry_after=0.0,
-            reset_after=ahead,
-        ),
-        new_tat,
-    )
+        return Verdict(False, 0, ahead - tolerance, start - now), None
+    return Verdict(True, _whole_tokens(tolerance - ahead, interval), 0.0, ahead), new_tat
 
 
 # Float slack: after k requests at one instant the TAT is now + k * interval summed k times,

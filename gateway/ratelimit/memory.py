@@ -18,7 +18,6 @@ import os
 import shutil
 import tempfile
 import time
-import weakref
 from pathlib import Path
 from typing import Final
 
@@ -40,8 +39,7 @@ class MemoryLimiter:
         self._policy = policy
 
     def decide(self, key: bytes) -> Verdict:
-        policy = self._policy
-        return self._table.apply(key, time.monotonic(), policy.step, policy.expired)
+        return self._table.apply(key, time.monotonic(), self._policy)
 
 
 def table_name(route: str, config: RateLimitConfig) -> str:
@@ -52,12 +50,13 @@ def table_name(route: str, config: RateLimitConfig) -> str:
 
 
 class Tables:
-    """The shared tables this process has mapped, by file name.
+    """The shared tables this process has mapped, by file name, counted by their users.
 
-    Held weakly: a table lives as long as a runtime's limiter uses it. A reload that keeps a
-    route's policy gets the same table (the old runtime still holds it while the new one is
-    built); a table no runtime uses any more is unmapped when the last request on the old
-    runtime lets go of it.
+    A runtime takes a table for each route that needs one (`limiter`) and gives them back when
+    it is gone (`release`, from a finalizer on the runtime: the last request on an old
+    runtime may still decide after a reload swapped in the new one). A reload that keeps a
+    route's policy takes the same table before the old runtime lets go of it; a table nobody
+    uses any more is unmapped.
     """
 
     def __init__(self, directory: Path | None = None) -> None:
@@ -69,17 +68,40 @@ class Tables:
             else:
                 directory = self._private = Path(tempfile.mkdtemp(prefix="gateway-state-"))
         self.directory = directory
-        self._open: weakref.WeakValueDictionary[str, SharedTable] = weakref.WeakValueDictionary()
+        self._open: dict[str, SharedTable] = {}
+        self._users: dict[str, int] = {}
 
-    def limiter(self, route: str, config: RateLimitConfig) -> MemoryLimiter:
+    def limiter(self, route: str, config: RateLimitConfig) -> tuple[MemoryLimiter, str]:
+        """A limiter on the route's table, and the table's name to `release` later."""
         name = table_name(route, config)
         table = self._open.get(name)
         if table is None:
             table = SharedTable(self.directory / name, config.max_keys)
             self._open[name] = table
-        return MemoryLimiter(table, TokenBucket(config.rate, config.burst))
+        self._users[name] = self._users.get(name, 0) + 1
+        return MemoryLimiter(table, TokenBucket(config.rate, config.burst)), name
+
+    def release(self, names: list[str]) -> None:
+        for name in names:
+            users = self._users.get(name, 0) - 1
+            if users > 0:
+                self._users[name] = users
+                continue
+            self._users.pop(name, None)
+            table = self._open.pop(name, None)
+            if table is not None:
+                table.close()
+
+    @property
+    def mapped(self) -> int:
+        """How many tables are mapped (for tests)."""
+        return len(self._open)
 
     def close(self) -> None:
-        """Remove a private directory (the mapped tables stay valid until released)."""
+        """Unmap every table and remove a private directory."""
+        for table in self._open.values():
+            table.close()
+        self._open.clear()
+        self._users.clear()
         if self._private is not None:
             shutil.rmtree(self._private, ignore_errors=True)

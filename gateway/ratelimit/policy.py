@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from gateway.config.model import Rate
 from gateway.ratelimit.gcra import Verdict, decide
-from gateway.ratelimit.table import State
+from gateway.ratelimit.table import Policy, State
 
 
-class TokenBucket:
+class TokenBucket(Policy):
     """GCRA over the table's two floats: ``(TAT, 0.0)``."""
 
     __slots__ = ("burst", "interval", "rate")
@@ -18,11 +18,11 @@ class TokenBucket:
         self.interval = rate.interval
 
     def step(self, state: State | None, now: float) -> tuple[Verdict, State | None]:
-        decision = decide(None if state is None else state[0], now, self.interval, self.burst)
-        new_tat = decision.new_tat
-        return decision.verdict, None if new_tat is None else (new_tat, 0.0)
+        verdict, new_tat = decide(
+            None if state is None else state[0], now, self.interval, self.burst
+        )
+        return verdict, None if new_tat is None else (new_tat, 0.0)
 
-    @staticmethod
-    def expired(state: State, now: float) -> bool:
+    def expired(self, state: State, now: float) -> bool:
         # A TAT not after now is a full bucket: the same as a key never seen.
         return state[0] <= now

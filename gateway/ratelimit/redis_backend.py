@@ -1,17 +1,18 @@
 """The Redis backend: one atomic Lua script per decision, on Redis's clock.
 
 Gateways that share a Redis share their counts: instances on several hosts, or the workers of
-one. The script (``gcra.lua``) reads and writes the key's TAT in one step, and redis-py's
-script object sends it by SHA and loads it again when Redis answers NOSCRIPT (after a restart
-or a SCRIPT FLUSH). Keys are ``gw:rl:`` and a BLAKE2b digest of the client key, so header values
-and addresses are never stored in clear; each expires when its bucket is full again, which keeps
-Redis's memory to the clients active within one refill. Evicting such keys would hand clients
-fresh buckets early: give this Redis a ``maxmemory-policy`` of ``noeviction`` or
+one. The script (``gcra.lua``) reads and writes the key's TAT in one step. It is sent by its
+SHA1 (EVALSHA) and loaded again when Redis answers NOSCRIPT (the first time, after a restart
+or a SCRIPT FLUSH). Commands go through the lean pipelined client of
+`gateway.ratelimit.resp`. Keys are ``gw:rl:`` and a BLAKE2b digest of the client key, so header
+values and addresses are never stored in clear; each expires when its bucket is full again,
+which keeps Redis's memory to the clients active within one refill. Evicting such keys would
+hand clients fresh buckets early: give this Redis a ``maxmemory-policy`` of ``noeviction`` or
 ``volatile-ttl`` (the keys nearest to full go first).
 
 Failing fast: after a failed call the backend is marked down for `RETRY_AFTER` seconds, in
 which decisions fail at once instead of each waiting out its budget on a dead server; then one
-request probes it again. redis-py reconnects by itself once the server answers.
+request probes it again, on a new connection if the old one broke.
 """
 
 from __future__ import annotations
@@ -19,29 +20,22 @@ from __future__ import annotations
 import hashlib
 import time
 from importlib import resources
-from typing import Any, Final
-
-import redis.asyncio as aioredis
-from redis.asyncio.connection import BlockingConnectionPool
+from typing import Final
 
 from gateway.config.model import RateLimitConfig
 from gateway.observability import metrics
 from gateway.observability.logging import get_logger
+from gateway.ratelimit.errors import BackendDown, RedisError
 from gateway.ratelimit.gcra import Verdict
+from gateway.ratelimit.resp import RedisClient
 
 log = get_logger("gateway.ratelimit")
 
 # Seconds a failed backend is skipped before a request tries it again.
 RETRY_AFTER: Final = 1.0
-# Connections to one Redis per worker process; a decision waits for a free one within its
-# budget.
-MAX_CONNECTIONS: Final = 32
 KEY_PREFIX: Final = b"gw:rl:"
 SCRIPT: Final = resources.files("gateway.ratelimit").joinpath("gcra.lua").read_text()
-
-
-class BackendDown(Exception):
-    """The backend failed a moment ago; it is not asked again before RETRY_AFTER."""
+SCRIPT_SHA: Final = hashlib.sha1(SCRIPT.encode()).hexdigest()
 
 
 class RedisBackend:
@@ -50,9 +44,7 @@ class RedisBackend:
     name = "redis"
 
     def __init__(self, url: str) -> None:
-        self._pool = BlockingConnectionPool.from_url(url, max_connections=MAX_CONNECTIONS)
-        self.client = aioredis.Redis(connection_pool=self._pool)
-        self._script: Any = self.client.register_script(SCRIPT)
+        self.client = RedisClient(url)
         self._down_until = 0.0
         self._down = False
 
@@ -60,7 +52,16 @@ class RedisBackend:
         if self._down_until and time.monotonic() < self._down_until:
             raise BackendDown("the rate-limit Redis failed less than a second ago")
         digest = hashlib.blake2b(key, digest_size=16).hexdigest().encode()
-        reply = await self._script(keys=[KEY_PREFIX + digest], args=[repr(interval), burst, 1])
+        arguments = (1, KEY_PREFIX + digest, interval, burst, 1)
+        try:
+            reply = await self.client.command("EVALSHA", SCRIPT_SHA, *arguments)
+        except RedisError as error:
+            if not str(error).startswith("NOSCRIPT"):
+                raise
+            await self.client.command("SCRIPT", "LOAD", SCRIPT)
+            reply = await self.client.command("EVALSHA", SCRIPT_SHA, *arguments)
+        if not isinstance(reply, list) or len(reply) != 4:
+            raise RedisError(f"unexpected reply from the rate-limit script: {reply!r}")
         allowed, remaining, retry_after, reset_after = reply
         return Verdict(bool(allowed), int(remaining), float(retry_after), float(reset_after))
 
@@ -83,9 +84,7 @@ class RedisBackend:
             log.info("ratelimit_backend_up", backend=self.name)
 
     async def close(self) -> None:
-        await self.client.aclose()
-        # A pool handed to the client is not closed by it.
-        await self._pool.disconnect()
+        await self.client.close()
 
 
 class RedisLimiter:

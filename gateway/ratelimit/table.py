@@ -29,22 +29,41 @@ import hashlib
 import mmap
 import os
 import struct
-from collections.abc import Callable
 from pathlib import Path
-from typing import Final, TypeVar
+from typing import Final
+
+from gateway.ratelimit.gcra import Verdict
 
 MAGIC: Final = b"GWRLTAB1"
 HEADER: Final = struct.Struct("<8sIIQ")  # magic, slots per bucket, slot size, buckets
 HEADER_SIZE: Final = 64
 SLOTS: Final = 8  # the floor and 7 entries: 192 bytes, three cache lines
 SLOT: Final = struct.Struct("<Qdd")
+STATE: Final = struct.Struct("<dd")
 BUCKET: Final = struct.Struct("<" + "Qdd" * SLOTS)
 BUCKET_SIZE: Final = BUCKET.size
+# Only the fingerprints of a bucket: a lookup reads the one state it needs, not all of them.
+FINGERPRINTS: Final = struct.Struct("<" + "Q16x" * SLOTS)
+# Fingerprints remembered per process: a client's key recurs with each of its requests.
+MEMO_SIZE: Final = 4096
 
 # A policy's state for one key: two floats, ordered so that the larger is the more limited
 # (GCRA: the theoretical arrival time first).
 State = tuple[float, float]
-V = TypeVar("V")
+
+
+class Policy:
+    """The arithmetic a table runs under a bucket's lock (`gateway.ratelimit.policy`)."""
+
+    def step(self, state: State | None, now: float) -> tuple[Verdict, State | None]:
+        """The verdict for a request at ``now`` on ``state`` (None: never seen), and the
+        state to store (None: leave it as it was)."""
+        raise NotImplementedError
+
+    def expired(self, state: State, now: float) -> bool:
+        """Whether ``state`` is equivalent to a key never seen: its slot may be reused and,
+        as a floor, it no longer applies."""
+        raise NotImplementedError
 
 
 def fingerprint(key: bytes) -> int:
@@ -88,6 +107,7 @@ class SharedTable:
             os.close(fd)
             raise
         self._fd = fd
+        self._memo: dict[bytes, int] = {}
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -95,79 +115,65 @@ class SharedTable:
             os.close(self._fd)
             self._fd = -1
 
-    def __del__(self) -> None:
-        # Closing the last reference's descriptor is what releases the mapping; any fcntl
-        # lock of this process on the file goes with it, and none is held between calls.
-        if getattr(self, "_fd", -1) >= 0:
-            self.close()
-
-    def apply(
-        self,
-        key: bytes,
-        now: float,
-        step: Callable[[State | None, float], tuple[V, State | None]],
-        expired: Callable[[State, float], bool],
-    ) -> V:
-        """Run ``step`` on ``key``'s state (None: never seen) under its bucket's lock.
-
-        ``step`` returns its verdict and the state to store (None: leave it as it was), and
-        the verdict is returned. ``expired(state, now)`` says whether a state is equivalent
-        to a key never seen (its slot may be reused and, as a floor, it no longer applies).
-        """
-        fp = fingerprint(key)
+    def apply(self, key: bytes, now: float, policy: Policy) -> Verdict:
+        """Run ``policy.step`` on ``key``'s state under its bucket's lock; store the result."""
+        memo = self._memo
+        fp = memo.get(key)
+        if fp is None:
+            if len(memo) >= MEMO_SIZE:
+                memo.clear()
+            fp = memo[key] = fingerprint(key)
         offset = HEADER_SIZE + (fp % self.buckets) * BUCKET_SIZE
         fd = self._fd
+        table = self._map
         fcntl.lockf(fd, fcntl.LOCK_EX, 1, offset)
         try:
-            row = BUCKET.unpack_from(self._map, offset)
-            floor: State = (row[1], row[2])
+            fingerprints = FINGERPRINTS.unpack_from(table, offset)
             found = -1
             for index in range(1, SLOTS):
-                if row[3 * index] == fp:
+                if fingerprints[index] == fp:
                     found = index
                     break
+            state: State | None
             if found >= 0:
-                state: State | None = (row[3 * found + 1], row[3 * found + 2])
+                state = STATE.unpack_from(table, offset + found * SLOT.size + 8)
             else:
-                state = None if expired(floor, now) else floor
-            verdict, new_state = step(state, now)
+                floor: State = STATE.unpack_from(table, offset + 8)
+                state = None if policy.expired(floor, now) else floor
+            verdict, new_state = policy.step(state, now)
             if new_state is not None:
-                slot = found if found >= 0 else self._free_slot(row, offset, now, expired)
-                SLOT.pack_into(self._map, offset + slot * SLOT.size, fp, *new_state)
+                slot = found if found >= 0 else self._free_slot(offset, now, policy)
+                SLOT.pack_into(table, offset + slot * SLOT.size, fp, new_state[0], new_state[1])
             return verdict
         finally:
             fcntl.lockf(fd, fcntl.LOCK_UN, 1, offset)
 
-    def _free_slot(
-        self,
-        row: tuple[float, ...],
-        offset: int,
-        now: float,
-        expired: Callable[[State, float], bool],
-    ) -> int:
+    def _free_slot(self, offset: int, now: float, policy: Policy) -> int:
         """A slot for a new key: a free or expired one, else the live entry nearest expiry,
         whose state then raises the floor (never a fresh bucket for it on its return)."""
+        row = BUCKET.unpack_from(self._map, offset)
         victim = 1
         for index in range(1, SLOTS):
             if row[3 * index] == 0:
                 return index
             state = (row[3 * index + 1], row[3 * index + 2])
-            if expired(state, now):
+            if policy.expired(state, now):
                 return index
             if state < (row[3 * victim + 1], row[3 * victim + 2]):
                 victim = index
         floor = (row[1], row[2])
         evicted = (row[3 * victim + 1], row[3 * victim + 2])
-        if expired(floor, now) or evicted > floor:
-            SLOT.pack_into(self._map, offset, 0, *evicted)
+        if policy.expired(floor, now) or evicted > floor:
+            SLOT.pack_into(self._map, offset, 0, evicted[0], evicted[1])
         return victim
 
-    def live_keys(self, now: float, expired: Callable[[State, float], bool]) -> int:
+    def live_keys(self, now: float, policy: Policy) -> int:
         """How many entries hold a live state (for tests and the admin view)."""
         count = 0
         for bucket in range(self.buckets):
             row = BUCKET.unpack_from(self._map, HEADER_SIZE + bucket * BUCKET_SIZE)
             for index in range(1, SLOTS):
-                if row[3 * index] and not expired((row[3 * index + 1], row[3 * index + 2]), now):
+                state = (row[3 * index + 1], row[3 * index + 2])
+                if row[3 * index] and not policy.expired(state, now):
                     count += 1
         return count

@@ -33,7 +33,7 @@ async def make_limiter(
 
         def memory(rate: str, burst: int) -> Decide:
             config = RateLimitConfig(rate=parse_rate(rate), burst=burst)
-            limiter = tables.limiter(f"route-{rate}-{burst}", config)
+            limiter, _ = tables.limiter(f"route-{rate}-{burst}", config)
 
             async def decide(key: bytes) -> Verdict:
                 return limiter.decide(key)
@@ -41,6 +41,7 @@ async def make_limiter(
             return decide
 
         yield memory
+        tables.close()
         return
     with redis_server(tmp_path) as server:
         backend = RedisBackend(server.url)

@@ -7,6 +7,7 @@ run (burst + rate x seconds), never against wall-clock thresholds.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import random
 import textwrap
@@ -383,3 +384,22 @@ async def _answers(port: int) -> bool:
     writer.close()
     await writer.wait_closed()
     return True
+
+
+async def test_a_reload_keeps_counts_of_unchanged_limits_and_unmaps_the_rest(
+    echo_port: int, gateways: list[RunningGateway]
+) -> None:
+    gateway = await launch(gateways, echo_port, limited_route(rate="1/minute", burst=1))
+    config = gateway.config
+    async with aiohttp.ClientSession() as session:
+        assert (await get(session, gateway)).status == 200
+        # Same limit, another setting changed: the route's table and its counts carry over.
+        gateway.reload(replace(config, server=replace(config.server, via_name="other")))
+        assert (await get(session, gateway)).status == 429
+        # A new rate is a new policy: a fresh table, and the old one is unmapped once the old
+        # runtimes are gone.
+        changed = replace(config.routes[0], rate_limit=RateLimitConfig(rate=parse_rate("2/minute")))
+        gateway.reload(replace(config, routes=(changed,)))
+        assert (await get(session, gateway)).status == 200
+    gc.collect()
+    assert gateway.rate_limits.tables.mapped == 1
