@@ -173,6 +173,15 @@ def _decisions(route: str) -> dict[str, float]:
     return found
 
 
+def _failovers() -> float:
+    from prometheus_client import REGISTRY
+
+    value = REGISTRY.get_sample_value(
+        "gateway_ratelimit_backend_failovers_total", {"backend": "redis"}
+    )
+    return value or 0.0
+
+
 def _since(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
     return {key: after[key] - before[key] for key in after if after[key] != before[key]}
 
@@ -298,6 +307,7 @@ async def test_redis_paused_then_stopped_the_fail_mode_holds(
     )
     gateway = await launch(gateways, echo_port, route, redis=redis.url)
     before = _decisions("api")
+    failovers = _failovers()
     # A client timeout far above the 50 ms budget: a gateway that waited on Redis would miss it.
     timeout = aiohttp.ClientTimeout(total=2)
     async with aiohttp.ClientSession(timeout=timeout) as session:
@@ -319,6 +329,8 @@ async def test_redis_paused_then_stopped_the_fail_mode_holds(
     counted = _since(before, _decisions("api"))
     assert counted["error"] == 8
     assert counted["allowed"] >= 2
+    # Redis never answered between the pause and the stop: one switch to failing, counted once.
+    assert _failovers() - failovers == 1
 
 
 async def test_the_script_is_loaded_again_after_a_flush(
