@@ -415,3 +415,56 @@ async def test_a_reload_keeps_counts_of_unchanged_limits_and_unmaps_the_rest(
         assert (await get(session, gateway)).status == 200
     gc.collect()
     assert gateway.rate_limits.tables.mapped == 1
+
+
+@pytest.mark.parametrize("mode", ["local", "allow", "deny"])
+async def test_answers_keep_coming_while_redis_pauses_and_stops_under_load(
+    echo_port: int, gateways: list[RunningGateway], redis: RedisServer, mode: str
+) -> None:
+    # Twenty clients keep sending while Redis is paused (SIGSTOP: connections stay open and
+    # nothing answers), resumed, then stopped. No request may hang on Redis: each has 2 s,
+    # forty times the 50 ms budget, and every answer is one the fail mode allows.
+    route = limited_route(
+        rate="1000/second", burst=1000, backend="redis", on_backend_error=mode, budget=0.05
+    )
+    gateway = await launch(gateways, echo_port, route, redis=redis.url)
+    url = f"http://{LOCAL}:{gateway.address[1]}/load"
+    statuses: list[int] = []
+    failures: list[BaseException] = []
+    running = True
+
+    async def client(session: aiohttp.ClientSession) -> None:
+        while running:
+            try:
+                async with session.get(url) as response:
+                    await response.read()
+                    statuses.append(response.status)
+            except (aiohttp.ClientError, TimeoutError) as error:
+                failures.append(error)
+
+    timeout = aiohttp.ClientTimeout(total=2)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        load = [asyncio.ensure_future(client(session)) for _ in range(20)]
+        await asyncio.sleep(0.5)
+        healthy = len(statuses)
+        redis.pause()
+        await asyncio.sleep(1.5)
+        during_pause = len(statuses) - healthy
+        redis.resume()
+        await asyncio.sleep(0.5)
+        before_stop = len(statuses)
+        redis.stop()
+        await asyncio.sleep(1.5)
+        during_stop = len(statuses) - before_stop
+        running = False
+        await asyncio.gather(*load)
+    assert failures == []
+    assert healthy > 0
+    # Each client has one request in flight at a time: more answers than clients while Redis
+    # was out means requests were sent and answered meanwhile, not held until it came back.
+    assert during_pause > 20
+    assert during_stop > 20
+    allowed = {"local": {200, 429}, "allow": {200}, "deny": {200, 503}}[mode]
+    assert set(statuses) <= allowed
+    if mode == "deny":
+        assert 503 in statuses
