@@ -24,6 +24,7 @@ from typing import Any, Final, Literal
 import yaml
 
 from gateway.config.model import (
+    DEFAULT_RATE_LIMIT_KEYS,
     AdminConfig,
     GatewayConfig,
     HeaderMatch,
@@ -730,8 +731,12 @@ def _check_key_parts(parts: list[tuple[int, str]], path: str, ctx: _Context) -> 
 
 
 _key_list = _list_of(_key_part, "key part", check=_check_key_parts)
-# The `limits` library's window strategies, not wired to the backends yet.
-_STRATEGIES_TO_COME = ("fixed_window", "sliding_window", "moving_window")
+# A sliding window packs two counts in one float of the shared table, below 2**26 each
+# (gateway.ratelimit.policy.MAX_SLIDING_LIMIT).
+_MAX_SLIDING_LIMIT = (1 << 26) - 1
+# A moving window keeps the time of each of the last `limit` allowed requests for every key:
+# 8 bytes each, in a shared table file that every worker maps.
+_MAX_MOVING_TABLE = 256 * 1024 * 1024
 
 
 def _rate_limit_key(value: object, path: str, ctx: _Context) -> Any:
@@ -746,19 +751,35 @@ def _finish_rate_limit(kwargs: dict[str, Any], given: set[str], path: str, ctx: 
     if rate is not None and burst is not None and burst < 1:
         ctx.problem(_key(path, "burst"), f"must be at least 1, got {burst}")
     strategy = kwargs.get("strategy", "token_bucket")
-    if strategy in _STRATEGIES_TO_COME:
-        # Validated as a known name, refused until the limiter implements it: a config that
-        # validates must do what it says.
-        ctx.problem(
-            _key(path, "strategy"),
-            f"{strategy} is not available yet (issue 5 in progress); use token_bucket",
-        )
-    elif "burst" in given and strategy != "token_bucket":
+    if "burst" in given and strategy != "token_bucket":
         ctx.problem(
             _key(path, "burst"),
             f"only the token_bucket strategy has a burst; {strategy} allows rate.limit requests"
             " per window",
         )
+    if rate is None:
+        return
+    if strategy == "sliding_window" and rate.limit > _MAX_SLIDING_LIMIT:
+        ctx.problem(
+            _key(path, "rate"),
+            f"sliding_window counts at most {_MAX_SLIDING_LIMIT} requests per window,"
+            f" got {rate.limit}; use a shorter period or fixed_window",
+        )
+    uses_memory = (
+        kwargs.get("backend", "memory") == "memory"
+        or kwargs.get("on_backend_error", "local") == "local"
+    )
+    max_keys = kwargs.get("max_keys", DEFAULT_RATE_LIMIT_KEYS)
+    if strategy == "moving_window" and uses_memory:
+        table = max_keys * rate.limit * 8
+        if table > _MAX_MOVING_TABLE:
+            ctx.problem(
+                _key(path, "strategy"),
+                f"moving_window keeps {rate.limit} timestamps for each of max_keys={max_keys}"
+                f" keys: {table // 2**20} MiB of table, over the"
+                f" {_MAX_MOVING_TABLE // 2**20} MiB allowed; lower max_keys or the limit, or"
+                " use sliding_window (two counters per key)",
+            )
 
 
 _RATE_LIMIT = _Section(

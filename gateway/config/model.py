@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Final, Literal
 
 KIB = 1024
 MIB = 1024 * KIB
@@ -179,6 +179,9 @@ class Rate:
 KeyPart = str
 
 
+DEFAULT_RATE_LIMIT_KEYS: Final = 65536
+
+
 @dataclass(frozen=True, slots=True)
 class RateLimitConfig:
     """One route's rate limit (issue 5); every key but ``rate`` has a default."""
@@ -200,7 +203,7 @@ class RateLimitConfig:
     # The longest a Redis decision may take before it counts as failed.
     budget: float = 0.05
     # Keys the memory backend's table holds per route (and worker host).
-    max_keys: int = 65536
+    max_keys: int = DEFAULT_RATE_LIMIT_KEYS
 
     def __post_init__(self) -> None:
         if self.burst == 0:

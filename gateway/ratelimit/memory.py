@@ -23,8 +23,8 @@ from typing import Final
 
 from gateway.config.model import RateLimitConfig
 from gateway.ratelimit.gcra import Verdict
-from gateway.ratelimit.policy import TokenBucket
-from gateway.ratelimit.table import SharedTable
+from gateway.ratelimit.policy import policy_for
+from gateway.ratelimit.table import Policy, SharedTable
 
 STATE_DIR_ENV: Final = "GATEWAY_STATE_DIR"
 
@@ -34,7 +34,7 @@ class MemoryLimiter:
 
     __slots__ = ("_policy", "_table")
 
-    def __init__(self, table: SharedTable, policy: TokenBucket) -> None:
+    def __init__(self, table: SharedTable, policy: Policy) -> None:
         self._table = table
         self._policy = policy
 
@@ -74,12 +74,13 @@ class Tables:
     def limiter(self, route: str, config: RateLimitConfig) -> tuple[MemoryLimiter, str]:
         """A limiter on the route's table, and the table's name to `release` later."""
         name = table_name(route, config)
+        policy = policy_for(config)
         table = self._open.get(name)
         if table is None:
-            table = SharedTable(self.directory / name, config.max_keys)
+            table = SharedTable(self.directory / name, config.max_keys, policy.width)
             self._open[name] = table
         self._users[name] = self._users.get(name, 0) + 1
-        return MemoryLimiter(table, TokenBucket(config.rate, config.burst)), name
+        return MemoryLimiter(table, policy), name
 
     def release(self, names: list[str]) -> None:
         for name in names:

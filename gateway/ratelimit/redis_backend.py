@@ -1,9 +1,10 @@
 """The Redis backend: one atomic Lua script per decision, on Redis's clock.
 
 Gateways that share a Redis share their counts: instances on several hosts, or the workers of
-one. The script (``gcra.lua``) reads and writes the key's TAT in one step. It is sent by its
-SHA1 (EVALSHA) and loaded again when Redis answers NOSCRIPT (the first time, after a restart
-or a SCRIPT FLUSH). Commands go through the lean pipelined client of
+one. The strategy's script (``gcra.lua``, ``fixed_window.lua``, ``sliding_window.lua``,
+``moving_window.lua``) reads and writes the key's state in one step. It is sent by its SHA1
+(EVALSHA) and loaded again when Redis answers NOSCRIPT (the first time, after a restart or a
+SCRIPT FLUSH). Commands go through the lean pipelined client of
 `gateway.ratelimit.resp`. Keys are ``gw:rl:`` and a BLAKE2b digest of the client key, so header
 values and addresses are never stored in clear; each expires when its bucket is full again,
 which keeps Redis's memory to the clients active within one refill. Evicting such keys would
@@ -34,8 +35,23 @@ log = get_logger("gateway.ratelimit")
 # Seconds a failed backend is skipped before a request tries it again.
 RETRY_AFTER: Final = 1.0
 KEY_PREFIX: Final = b"gw:rl:"
-SCRIPT: Final = resources.files("gateway.ratelimit").joinpath("gcra.lua").read_text()
-SCRIPT_SHA: Final = hashlib.sha1(SCRIPT.encode()).hexdigest()
+
+
+class Script:
+    """A Lua script of this package, sent by its SHA1."""
+
+    def __init__(self, name: str) -> None:
+        self.source = resources.files("gateway.ratelimit").joinpath(name).read_text()
+        self.sha = hashlib.sha1(self.source.encode()).hexdigest()
+
+
+GCRA: Final = Script("gcra.lua")
+# The window strategies take the same arguments: limit, period in seconds.
+WINDOW_SCRIPTS: Final = {
+    "fixed_window": Script("fixed_window.lua"),
+    "sliding_window": Script("sliding_window.lua"),
+    "moving_window": Script("moving_window.lua"),
+}
 
 
 class RedisBackend:
@@ -48,18 +64,19 @@ class RedisBackend:
         self._down_until = 0.0
         self._down = False
 
-    async def gcra(self, key: bytes, interval: float, burst: int) -> Verdict:
+    async def run(self, script: Script, key: bytes, *args: float | int) -> Verdict:
+        """Run ``script`` on the bucket of ``key``; its reply is a verdict."""
         if self._down_until and time.monotonic() < self._down_until:
             raise BackendDown("the rate-limit Redis failed less than a second ago")
         digest = hashlib.blake2b(key, digest_size=16).hexdigest().encode()
-        arguments = (1, KEY_PREFIX + digest, interval, burst, 1)
+        arguments = (1, KEY_PREFIX + digest, *args)
         try:
-            reply = await self.client.command("EVALSHA", SCRIPT_SHA, *arguments)
+            reply = await self.client.command("EVALSHA", script.sha, *arguments)
         except RedisError as error:
             if not str(error).startswith("NOSCRIPT"):
                 raise
-            await self.client.command("SCRIPT", "LOAD", SCRIPT)
-            reply = await self.client.command("EVALSHA", SCRIPT_SHA, *arguments)
+            await self.client.command("SCRIPT", "LOAD", script.source)
+            reply = await self.client.command("EVALSHA", script.sha, *arguments)
         if not isinstance(reply, list) or len(reply) != 4:
             raise RedisError(f"unexpected reply from the rate-limit script: {reply!r}")
         allowed, remaining, retry_after, reset_after = reply
@@ -90,16 +107,24 @@ class RedisBackend:
 class RedisLimiter:
     """One route's policy on a `RedisBackend`: what the rate-limit stage calls."""
 
-    __slots__ = ("_backend", "_burst", "_interval", "name")
+    __slots__ = ("_args", "_backend", "_script", "name")
 
     def __init__(self, backend: RedisBackend, config: RateLimitConfig) -> None:
         self._backend = backend
-        self._interval = config.rate.interval
-        self._burst = config.burst
+        self._script: Script
+        self._args: tuple[float | int, ...]
+        window = WINDOW_SCRIPTS.get(config.strategy)
+        if window is not None:
+            self._script = window
+            self._args = (config.rate.limit, config.rate.period)
+        else:
+            self._script = GCRA
+            # Seconds per token, burst, cost.
+            self._args = (config.rate.interval, config.burst, 1)
         self.name = backend.name
 
     async def decide(self, key: bytes) -> Verdict:
-        return await self._backend.gcra(key, self._interval, self._burst)
+        return await self._backend.run(self._script, key, *self._args)
 
     def failed(self, error: BaseException) -> None:
         if not isinstance(error, BackendDown):

@@ -131,9 +131,20 @@ def test_redis_backend_with_a_redis_section() -> None:
             "routes[0].rate_limit.backend: 'redis' needs the redis section (redis.url)",
         ),
         (
-            limited(rate="1/second", strategy="sliding_window"),
-            "routes[0].rate_limit.strategy: sliding_window is not available yet (issue 5 in"
-            " progress); use token_bucket",
+            limited(rate="1/second", strategy="fixed_window", burst=5),
+            "routes[0].rate_limit.burst: only the token_bucket strategy has a burst;"
+            " fixed_window allows rate.limit requests per window",
+        ),
+        (
+            limited(rate="67108864/hour", strategy="sliding_window"),
+            "routes[0].rate_limit.rate: sliding_window counts at most 67108863 requests per"
+            " window, got 67108864; use a shorter period or fixed_window",
+        ),
+        (
+            limited(rate="1000/hour", strategy="moving_window"),
+            "routes[0].rate_limit.strategy: moving_window keeps 1000 timestamps for each of"
+            " max_keys=65536 keys: 500 MiB of table, over the 256 MiB allowed; lower max_keys"
+            " or the limit, or use sliding_window (two counters per key)",
         ),
         (
             limited(rate="1/second", strategy="leaky"),
@@ -175,3 +186,20 @@ def test_each_problem_is_named(doc: object, expected: str) -> None:
 def test_a_redis_url_is_never_echoed() -> None:
     found = problems(base(redis={"url": "http://user:hunter2@cache:6379"}))
     assert "hunter2" not in "\n".join(found)
+
+
+@pytest.mark.parametrize("strategy", ["fixed_window", "sliding_window", "moving_window"])
+def test_the_window_strategies_are_accepted(strategy: str) -> None:
+    limit = parse(limited(rate="100/minute", strategy=strategy)).routes[0].rate_limit
+    assert limit is not None
+    assert (limit.strategy, limit.rate.limit, limit.rate.period) == (strategy, 100, 60)
+
+
+def test_a_large_moving_window_fits_with_fewer_keys_or_no_memory_table() -> None:
+    parse(limited(rate="1000/hour", strategy="moving_window", max_keys=4096))
+    # On Redis without the local fallback no memory table is made: the limit is Redis's.
+    doc = limited(
+        rate="1000/hour", strategy="moving_window", backend="redis", on_backend_error="allow"
+    )
+    doc["redis"] = {"url": "redis://127.0.0.1:6379"}
+    parse(doc)
