@@ -1,0 +1,1 @@
+"""Response caching: an RFC 9111 shared cache (issue 6)."""
