@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from aiohttp import http_parser, web
 
 from gateway.admin import start_admin
+from gateway.cache.backends import CacheStores
 from gateway.config.model import GatewayConfig, ListenAddress
 from gateway.downstream.listener import Listener
 from gateway.observability import metrics
@@ -63,6 +64,8 @@ class RunningGateway:
     sampler: asyncio.Task[None] | None
     # Shared rate-limit tables and Redis clients, kept across reloads.
     rate_limits: RateLimitBackends = field(default_factory=RateLimitBackends)
+    # The cache stores, kept across reloads.
+    caches: CacheStores = field(default_factory=CacheStores)
     draining: bool = False
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
     _retiring: set[asyncio.Task[None]] = field(default_factory=set)
@@ -79,7 +82,9 @@ class RunningGateway:
         Listener and admin addresses are not changed by a reload.
         """
         old = self.dispatcher.runtime
-        new = Runtime.build(config, self.dispatcher.metrics, self.rate_limits, previous=old)
+        new = Runtime.build(
+            config, self.dispatcher.metrics, self.rate_limits, previous=old, caches=self.caches
+        )
         self.dispatcher.swap(new)
         retired = old.pools_to_retire(new)
         if retired:
@@ -116,6 +121,7 @@ class RunningGateway:
         for task in list(self._retiring):
             await task
         await self.rate_limits.close()
+        await self.caches.close()
         if self.admin is not None:
             await self.admin.cleanup()
         self.stopped.set()
@@ -162,7 +168,8 @@ async def start(
     else:
         request_metrics = DisabledRequestMetrics()
     rate_limits = RateLimitBackends()
-    runtime = Runtime.build(config, request_metrics, rate_limits)
+    caches = CacheStores()
+    runtime = Runtime.build(config, request_metrics, rate_limits, caches=caches)
     dispatcher = Dispatcher(runtime, request_metrics)
     server = GatewayServer(dispatcher)
     sock = _bind(config.server.listen, reuse_port)
@@ -184,6 +191,7 @@ async def start(
         address=(bound[0], bound[1]),
         admin_address=None,
         rate_limits=rate_limits,
+        caches=caches,
         sampler=(
             loop.create_task(_publish_metrics(request_metrics, sampler))
             if config.admin.metrics

@@ -28,6 +28,7 @@ class ProxyRequest:
     __slots__ = (
         "authority",
         "body",
+        "cache",
         "client_ip",
         "content_length",
         "expect_continue",
@@ -100,6 +101,9 @@ class ProxyRequest:
         # The rate limit's decision (allowed, limited, shadow, error) for the access line;
         # None when the route has no rate limit.
         self.rate_limit: str | None = None
+        # The cache's result (hit, miss, stale, revalidated, bypass, coalesced) for the
+        # access line; None when the route has no cache.
+        self.cache: str | None = None
 
     def __repr__(self) -> str:
         return f"<ProxyRequest {self.method} {self.target!r} id={self.request_id}>"

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
+from gateway.cache.backends import CacheStores
 from gateway.chain import Handler, Stage, compose
 from gateway.config.model import GatewayConfig
 from gateway.edge import EdgeSettings
@@ -44,6 +45,7 @@ class Runtime:
         metrics: RequestMetrics,
         backends: RateLimitBackends,
         previous: Runtime | None = None,
+        caches: CacheStores | None = None,
     ) -> Runtime:
         pools: dict[str, UpstreamPool] = {}
         old_pools = previous.pools if previous is not None else {}
@@ -60,11 +62,14 @@ class Runtime:
         leases: list[str] = []
         for route in config.routes:
             forward = Forwarder(route, pools[route.upstream], config.server.via_name, metrics)
-            # DESIGN.md §1: rate limit, then (later issues) cache and compression.
+            # DESIGN.md §1: rate limit, cache, then (a later issue) compression.
             stages: list[Stage] = []
             rate_limit = backends.stage(route, config, metrics, leases)
             if rate_limit is not None:
                 stages.append(rate_limit)
+            cache = caches.stage(route, config) if caches is not None else None
+            if cache is not None:
+                stages.append(cache)
             handlers[route.name] = compose(stages, forward)
         runtime = cls(
             config=config,

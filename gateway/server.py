@@ -101,6 +101,8 @@ class Dispatcher:
             self.inflight -= 1
         duration = perf_counter() - started
         self.metrics.request_done(route_name, head.method, status, duration)
+        if proxy_request is not None and proxy_request.cache is not None:
+            self.metrics.cache_result(route_name, proxy_request.cache)
         if runtime.access_log is not None:
             self._log(
                 runtime.access_log,
@@ -222,12 +224,14 @@ class Dispatcher:
             path = proxy_request.path
             trace_id: str | None = proxy_request.trace_id
             rate_limit = proxy_request.rate_limit
+            cache = proxy_request.cache
         else:
             request_id = "-"
             client_ip = head.peer_ip
             path = head.raw_target.split(b"?", 1)[0].decode("latin-1")
             trace_id = None
             rate_limit = None
+            cache = None
         bytes_in = body.received if body is not None else 0
         access_log.record(
             request_id=request_id,
@@ -243,6 +247,7 @@ class Dispatcher:
             upstream_seconds=proxy_response.upstream_seconds if proxy_response else None,
             trace_id=trace_id,
             rate_limit=rate_limit,
+            cache=cache,
         )
 
 

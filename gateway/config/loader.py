@@ -26,6 +26,8 @@ import yaml
 from gateway.config.model import (
     DEFAULT_RATE_LIMIT_KEYS,
     AdminConfig,
+    CacheConfig,
+    CacheSettings,
     GatewayConfig,
     HeaderMatch,
     ListenAddress,
@@ -425,8 +427,10 @@ def _token(value: object, path: str, ctx: _Context) -> str:
     return text
 
 
-def _with_unit(parse: Callable[[str], float], needs_unit: str, example: str) -> Converter:
-    """A duration or size: a string with a unit, greater than 0."""
+def _with_unit(
+    parse: Callable[[str], float], needs_unit: str, example: str, *, zero: bool = False
+) -> Converter:
+    """A duration or size: a string with a unit, greater than 0 (or 0 too, with ``zero``)."""
 
     def convert(value: object, path: str, ctx: _Context) -> Any:
         if isinstance(value, bool) or not isinstance(value, int | float | str):
@@ -437,8 +441,9 @@ def _with_unit(parse: Callable[[str], float], needs_unit: str, example: str) -> 
             amount = parse(value)
         except ValueError as exc:
             raise _BadValueError(str(exc)) from None
-        if amount <= 0:
-            raise _BadValueError(f"must be greater than 0, got {_describe(value)}")
+        if amount < 0 or (amount == 0 and not zero):
+            floor = "at least 0" if zero else "greater than 0"
+            raise _BadValueError(f"must be {floor}, got {_describe(value)}")
         return amount
 
     return convert
@@ -446,6 +451,10 @@ def _with_unit(parse: Callable[[str], float], needs_unit: str, example: str) -> 
 
 _duration = _with_unit(parse_duration, DURATION_NEEDS_UNIT, "a duration such as '5s'")
 _size = _with_unit(parse_size, SIZE_NEEDS_UNIT, "a size such as '64KiB'")
+# A duration that may be 0s: a window that is off.
+_duration_or_zero = _with_unit(
+    parse_duration, DURATION_NEEDS_UNIT, "a duration such as '5s'", zero=True
+)
 
 
 def _choice(*allowed: str) -> Converter:
@@ -812,6 +821,51 @@ def _rate_limit(value: object, path: str, ctx: _Context) -> Any:
     return _RATE_LIMIT(value, path, ctx)
 
 
+def _field_name(value: object, path: str, ctx: _Context) -> str:
+    text = _string(value)
+    if not _TOKEN.fullmatch(text):
+        raise _BadValueError(f"expected a header field name, got {_describe(value)}")
+    return text
+
+
+_CACHE = _Section(
+    CacheConfig,
+    {
+        "store": _choice("memory", "redis"),
+        "max_object_size": _size,
+        "default_ttl": _optional(_duration),
+        "stale_while_revalidate": _duration_or_zero,
+        "stale_if_error": _duration_or_zero,
+        "tag_header": _field_name,
+        "store_set_cookie": _boolean,
+        "revalidate_for": _duration,
+    },
+)
+
+
+def _cache(value: object, path: str, ctx: _Context) -> Any:
+    """A route's cache mapping (``enabled`` defaults to true); false or null for none."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return CacheConfig()
+    enabled: Any = True
+    if isinstance(value, dict) and "enabled" in value:
+        enabled = _run(_boolean, value["enabled"], _key(path, "enabled"), ctx)
+        value = {k: v for k, v in value.items() if k != "enabled"}
+    # A disabled block is validated all the same: a typo in it is still a typo.
+    config = _CACHE(value, path, ctx)
+    if enabled is _INVALID or config is _INVALID:
+        return _INVALID
+    if enabled and config.store == "redis":
+        # Validated as a known name, refused until the store exists: a config that
+        # validates must do what it says.
+        ctx.problem(
+            _key(path, "store"), "redis is not available yet (issue 6 in progress); use memory"
+        )
+    return config if enabled else None
+
+
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
@@ -965,6 +1019,7 @@ _ROUTE = _Section(
         ),
         "strip_prefix": _boolean,
         "rate_limit": _rate_limit,
+        "cache": _cache,
     },
     finish=lambda kwargs, given, path, ctx: _finish_route(kwargs, given, ctx),
 )
@@ -1077,6 +1132,7 @@ _GATEWAY = _Section(
             {"level": _choice("debug", "info", "warning", "error"), "access_log": _boolean},
         ),
         "redis": _Section(RedisConfig, {"url": _redis_url}),
+        "cache": _Section(CacheSettings, {"max_bytes": _size}),
     },
     finish=_finish_gateway,
 )
@@ -1092,9 +1148,9 @@ def unit_fields() -> dict[tuple[type[Any], str], Literal["duration", "size"]]:
     seen: set[int] = set()
 
     def walk(convert: object, owner: tuple[type[Any], str] | None) -> None:
-        if convert is _duration or convert is _size:
+        if convert is _duration or convert is _duration_or_zero or convert is _size:
             if owner is not None:
-                kinds[owner] = "duration" if convert is _duration else "size"
+                kinds[owner] = "size" if convert is _size else "duration"
             return
         if id(convert) in seen:  # a converter shared by several fields, or a cycle
             return
@@ -1107,6 +1163,6 @@ def unit_fields() -> dict[tuple[type[Any], str], Literal["duration", "size"]]:
                 walk(cell.cell_contents, owner)
 
     # `_upstreams` and `_rate_limit` reach their sections as globals, not through closures.
-    for root in (_GATEWAY, _UPSTREAM, _RATE_LIMIT):
+    for root in (_GATEWAY, _UPSTREAM, _RATE_LIMIT, _CACHE):
         walk(root, None)
     return kinds

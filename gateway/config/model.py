@@ -211,6 +211,34 @@ class RateLimitConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CacheConfig:
+    """A route's response cache (RFC 9111, shared). ``cache: {enabled: false}`` is no cache."""
+
+    store: Literal["memory", "redis"] = "memory"
+    # The largest body stored; a larger response streams through unstored.
+    max_object_size: int = 1 * MIB
+    # Lifetime of responses without explicit freshness (max-age, s-maxage, Expires), instead
+    # of the Last-Modified heuristic; None keeps the heuristic (RFC 9111 §4.2.2).
+    default_ttl: float | None = None
+    # RFC 5861 windows for responses that do not set their own.
+    stale_while_revalidate: float = 0.0
+    stale_if_error: float = 0.0
+    # The upstream response field listing purge tags.
+    tag_header: str = "Cache-Tag"
+    # Responses with Set-Cookie are not stored unless this is on.
+    store_set_cookie: bool = False
+    # How long the Redis store keeps an entry with validators after it went stale, so that
+    # it can still be revalidated with a 304 instead of fetched whole.
+    revalidate_for: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class CacheSettings:
+    # The memory store's budget per worker process: bodies, fields and bookkeeping.
+    max_bytes: int = 256 * MIB
+
+
+@dataclass(frozen=True, slots=True)
 class RedisConfig:
     # redis://[user:password@]host:port/db, rediss:// for TLS, or unix:///path/to/socket.
     url: str = field(repr=False)
@@ -225,6 +253,8 @@ class RouteConfig:
     strip_prefix: bool = False
     # None: no rate limit. A route that does not set the key gets server.rate_limit.
     rate_limit: RateLimitConfig | None = None
+    # None: no response cache.
+    cache: CacheConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -234,8 +264,9 @@ class GatewayConfig:
     server: ServerConfig = field(default_factory=ServerConfig)
     admin: AdminConfig = field(default_factory=AdminConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
-    # Needed by every `rate_limit` with `backend: redis`.
+    # Needed by every `rate_limit` with `backend: redis` and every `cache` with `store: redis`.
     redis: RedisConfig | None = None
+    cache: CacheSettings = field(default_factory=CacheSettings)
 
     def upstream(self, name: str) -> UpstreamConfig:
         for upstream in self.upstreams:

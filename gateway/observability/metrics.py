@@ -102,6 +102,13 @@ RATELIMIT_BACKEND_FAILURES = Counter(
     ' the decisions made meanwhile count as decision="error".',
     ["backend"],
 )
+CACHE_REQUESTS = Counter(
+    "gateway_cache_requests_total",
+    "Requests on cached routes by what the cache did: hit, miss, stale (served stale:"
+    " stale-while-revalidate or stale-if-error), revalidated (refreshed by a 304), bypass"
+    " (not a cacheable request) and coalesced (answered by a concurrent miss's response).",
+    ["route", "result"],
+)
 UPSTREAM_CONNECTIONS = Gauge(
     "gateway_upstream_connections",
     "Pooled upstream connections by state (active, idle), sampled each second.",
@@ -172,6 +179,10 @@ def count_upstream_errors(upstream: str, kind: str, count: int) -> None:
 
 def count_ratelimit_decisions(route: str, decision: str, count: int) -> None:
     RATELIMIT_DECISIONS.labels(route, decision).inc(count)
+
+
+def count_cache_requests(route: str, result: str, count: int) -> None:
+    CACHE_REQUESTS.labels(route, result).inc(count)
 
 
 def count_ratelimit_failover(backend: str) -> None:

@@ -49,6 +49,7 @@ class RequestMetrics:
     """What the request path observes, published to prometheus-client by `flush`."""
 
     __slots__ = (
+        "_cache_results",
         "_durations",
         "_ratelimit_decisions",
         "_ratelimit_durations",
@@ -63,6 +64,7 @@ class RequestMetrics:
         self._upstream_durations: dict[str, Observations] = {}
         self._upstream_errors: dict[tuple[str, str], int] = {}
         self._ratelimit_decisions: dict[tuple[str, str], int] = {}
+        self._cache_results: dict[tuple[str, str], int] = {}
         self._ratelimit_durations: dict[str, Observations] = {}
 
     def request_done(self, route: str, method: str, status: int, seconds: float) -> None:
@@ -93,6 +95,10 @@ class RequestMetrics:
             observations = self._ratelimit_durations[backend] = Observations(_RATELIMIT_BOUNDS)
         observations.add(seconds)
 
+    def cache_result(self, route: str, result: str) -> None:
+        key = (route, result)
+        self._cache_results[key] = self._cache_results.get(key, 0) + 1
+
     def flush(self) -> None:
         """Publish what was observed since the last flush."""
         requests, self._requests = self._requests, {}
@@ -114,6 +120,9 @@ class RequestMetrics:
         decisions, self._ratelimit_decisions = self._ratelimit_decisions, {}
         for (route, decision), count in decisions.items():
             metrics.count_ratelimit_decisions(route, decision, count)
+        results, self._cache_results = self._cache_results, {}
+        for (route, result), count in results.items():
+            metrics.count_cache_requests(route, result, count)
         backend_durations, self._ratelimit_durations = self._ratelimit_durations, {}
         for backend, observations in backend_durations.items():
             metrics.add_observations(
@@ -139,6 +148,9 @@ class DisabledRequestMetrics(RequestMetrics):
         return None
 
     def ratelimit_decided(self, route: str, decision: str, backend: str, seconds: float) -> None:
+        return None
+
+    def cache_result(self, route: str, result: str) -> None:
         return None
 
     def flush(self) -> None:

@@ -636,11 +636,13 @@ def test_redacted_view() -> None:
         "admin",
         "logging",
         "redis",
+        "cache",
         "upstreams",
         "routes",
         "route_table",
     ]
     assert view["redis"] is None
+    assert view["cache"] == {"max_bytes": 256 * MIB}
     assert view["admin"] == {"listen": "127.0.0.1:9901", "token": "<redacted>", "metrics": True}
     assert view["server"] == {
         "listen": "0.0.0.0:8080",
@@ -683,6 +685,7 @@ def test_redacted_view() -> None:
         },
         "strip_prefix": False,
         "rate_limit": None,
+        "cache": None,
     }
     assert view["route_table"] == [
         {
@@ -750,7 +753,7 @@ def _view_paths(tree: object, prefix: str) -> list[str]:
 def test_redacted_view_shows_every_field() -> None:
     view = redacted_view(load(base_doc()))
     shown = set()
-    for section in ("server", "admin", "logging", "redis"):
+    for section in ("server", "admin", "logging", "redis", "cache"):
         shown |= set(_view_paths(view[section], f"{section}."))
     upstreams = view["upstreams"]
     routes = view["routes"]

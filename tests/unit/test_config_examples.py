@@ -59,7 +59,7 @@ def _missing_keys(cls: type[object], written: object, where: str) -> list[str]:
 
 def test_complete_example_shows_every_key() -> None:
     doc = yaml.safe_load((CONFIG_DIR / "gateway.yaml").read_text(encoding="utf-8"))
-    top = {key: doc[key] for key in ("server", "admin", "logging", "redis") if key in doc}
+    top = {key: doc[key] for key in ("server", "admin", "logging", "redis", "cache") if key in doc}
     missing = _missing_keys(model.GatewayConfig, {**top, "upstreams": {}, "routes": []}, "")
     missing += _missing_keys(
         model.UpstreamConfig, next(iter(doc["upstreams"].values())), "upstreams.*"

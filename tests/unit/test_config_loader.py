@@ -24,6 +24,8 @@ from gateway.config.model import (
     KIB,
     MIB,
     AdminConfig,
+    CacheConfig,
+    CacheSettings,
     GatewayConfig,
     HeaderMatch,
     ListenAddress,
@@ -1362,6 +1364,17 @@ routes:
       on_backend_error: deny
       budget: 20ms
       max_keys: 1000
+    cache:
+      enabled: true
+      store: memory
+      max_object_size: 64KiB
+      default_ttl: 30s
+      stale_while_revalidate: 10s
+      stale_if_error: 5m
+      tag_header: Surrogate-Key
+      store_set_cookie: true
+      revalidate_for: 1h
+cache: {max_bytes: 64MiB}
 """
 
 
@@ -1430,14 +1443,30 @@ def _expected_every_key(ca_file: str) -> GatewayConfig:
                     budget=0.02,
                     max_keys=1000,
                 ),
+                cache=CacheConfig(
+                    store="memory",
+                    max_object_size=64 * KIB,
+                    default_ttl=30.0,
+                    stale_while_revalidate=10.0,
+                    stale_if_error=300.0,
+                    tag_header="Surrogate-Key",
+                    store_set_cookie=True,
+                    revalidate_for=3600.0,
+                ),
             ),
         ),
+        cache=CacheSettings(max_bytes=64 * MIB),
     )
 
 
-# Fields whose only allowed value is the default (one balancing strategy so far), and the
-# rate-limit strategy: `burst` is only allowed with token_bucket, the default.
-_ONLY_VALUE = {(UpstreamConfig, "balance"), (RateLimitConfig, "strategy")}
+# Fields whose only allowed value is the default (one balancing strategy so far; the cache's
+# Redis store is still to come), and the rate-limit strategy: `burst` is only allowed with
+# token_bucket, the default.
+_ONLY_VALUE = {
+    (UpstreamConfig, "balance"),
+    (RateLimitConfig, "strategy"),
+    (CacheConfig, "store"),
+}
 
 
 def _differs_from_defaults(value: object, default: object, where: str) -> list[str]:
@@ -1445,6 +1474,8 @@ def _differs_from_defaults(value: object, default: object, where: str) -> list[s
     if default is None and isinstance(value, RateLimitConfig):
         # An optional section: compared with the one that sets only its required key.
         default = RateLimitConfig(rate=Rate(1, 1, "1/second"))
+    if default is None and isinstance(value, CacheConfig):
+        default = CacheConfig()
     if not is_dataclass(value) or isinstance(value, ListenAddress | Target | HeaderMatch | Rate):
         return [where] if value == default else []
     same = []
@@ -1492,8 +1523,9 @@ def test_unit_fields_are_read_from_the_tables() -> None:
         UpstreamConfig,
         ServerLimits,
         RateLimitConfig,
+        CacheConfig,
     ):
-        floats |= {(cls, f.name) for f in fields(cls) if f.type == "float"}
+        floats |= {(cls, f.name) for f in fields(cls) if f.type in ("float", "float | None")}
     assert floats == {key for key, kind in kinds.items() if kind == "duration"}
 
 
