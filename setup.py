@@ -15,9 +15,10 @@ import os
 from setuptools import setup
 
 # The request path: parsing, edge checks, routing, header rules, the upstream transport, the
-# relay, the rate limiter. Not errors.py (nor gateway/ratelimit/errors.py): mypyc's native
-# classes keep no class-level defaults for subclasses to override, which the error classes rely
-# on (close_connection, status, code), and it cannot compile subclasses of built-in exceptions.
+# relay, the rate limiter. Not the errors.py modules (gateway/, ratelimit/, redisproto/):
+# mypyc's native classes keep no class-level defaults for subclasses to override, which the
+# error classes rely on (close_connection, status, code), and it cannot compile subclasses of
+# built-in exceptions.
 # Not gateway/ratelimit/redis_backend.py: compiled, in a worker process the NOSCRIPT error
 # reply escaped its `except RedisError` (and the stage's `except Exception`), its traceback
 # growing from request to request, and a decision took ~5 ms instead of ~0.3 ms; called
@@ -37,7 +38,7 @@ COMPILED = [
     "gateway/ratelimit/keys.py",
     "gateway/ratelimit/memory.py",
     "gateway/ratelimit/policy.py",
-    "gateway/ratelimit/resp.py",
+    "gateway/redisproto/client.py",
     "gateway/ratelimit/stage.py",
     "gateway/ratelimit/table.py",
     "gateway/routing.py",

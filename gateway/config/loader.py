@@ -857,12 +857,6 @@ def _cache(value: object, path: str, ctx: _Context) -> Any:
     config = _CACHE(value, path, ctx)
     if enabled is _INVALID or config is _INVALID:
         return _INVALID
-    if enabled and config.store == "redis":
-        # Validated as a known name, refused until the store exists: a config that
-        # validates must do what it says.
-        ctx.problem(
-            _key(path, "store"), "redis is not available yet (issue 6 in progress); use memory"
-        )
     return config if enabled else None
 
 

@@ -1,15 +1,7 @@
-"""The rate limiter's exceptions, apart from the modules mypyc compiles (it cannot compile
-subclasses of built-in exceptions; setup.py)."""
+"""The rate limiter's own exception, apart from the modules mypyc compiles (it cannot compile
+subclasses of built-in exceptions; setup.py). Redis's are in `gateway.redisproto.errors`."""
 
 from __future__ import annotations
-
-
-class RedisError(Exception):
-    """An error reply from Redis (``-ERR ...``, ``-NOSCRIPT ...``)."""
-
-
-class ConnectionGone(ConnectionError):
-    """The connection closed or broke before the reply arrived."""
 
 
 class BackendDown(Exception):

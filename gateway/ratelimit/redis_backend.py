@@ -5,7 +5,7 @@ one. The strategy's script (``gcra.lua``, ``fixed_window.lua``, ``sliding_window
 ``moving_window.lua``) reads and writes the key's state in one step. It is sent by its SHA1
 (EVALSHA) and loaded again when Redis answers NOSCRIPT (the first time, after a restart or a
 SCRIPT FLUSH). Commands go through the lean pipelined client of
-`gateway.ratelimit.resp`. Keys are ``gw:rl:`` and a BLAKE2b digest of the client key, so header
+`gateway.redisproto.client`. Keys are ``gw:rl:`` and a BLAKE2b digest of the client key, so header
 values and addresses are never stored in clear; each expires when its bucket is full again,
 which keeps Redis's memory to the clients active within one refill. Evicting such keys would
 hand clients fresh buckets early: give this Redis a ``maxmemory-policy`` of ``noeviction`` or
@@ -26,9 +26,10 @@ from typing import Final
 from gateway.config.model import RateLimitConfig
 from gateway.observability import metrics
 from gateway.observability.logging import get_logger
-from gateway.ratelimit.errors import BackendDown, RedisError
+from gateway.ratelimit.errors import BackendDown
 from gateway.ratelimit.gcra import Verdict
-from gateway.ratelimit.resp import RedisClient
+from gateway.redisproto.client import RedisClient
+from gateway.redisproto.errors import RedisError
 
 log = get_logger("gateway.ratelimit")
 

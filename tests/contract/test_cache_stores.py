@@ -1,4 +1,4 @@
-"""One contract for every cache store (gateway.cache.store): memory, and Redis when it lands.
+"""One contract for every cache store (gateway.cache.store): memory, and a real redis-server.
 
 A store keeps the variants of a key newest first, replaces a variant with the same Vary names
 and secondary key, caps variants per key, refuses objects over its size limit, and purges by
@@ -7,30 +7,51 @@ key, by path prefix (any host) and by tag, answering how many entries went.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import pytest
 
 from gateway.cache.entry import CacheEntry
 from gateway.cache.memory import MemoryStore
 from gateway.cache.policy import Freshness
+from gateway.cache.redis_store import RedisStore
 from gateway.cache.store import MAX_VARIANTS, CacheStore
+from tests.redis_server import redis_server
 
 MakeStore = Callable[..., CacheStore]
 
 
-@pytest.fixture(params=["memory"])
-async def make_store(request: pytest.FixtureRequest) -> AsyncIterator[MakeStore]:
+@pytest.fixture(params=["memory", "redis"])
+async def make_store(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[MakeStore]:
     stores: list[CacheStore] = []
+    if request.param == "memory":
 
-    def make(max_bytes: int = 1 << 20, max_object_size: int = 1 << 16) -> CacheStore:
-        store = MemoryStore(max_bytes, max_object_size)
-        stores.append(store)
-        return store
+        def make(max_bytes: int = 1 << 20, max_object_size: int = 1 << 16) -> CacheStore:
+            store = MemoryStore(max_bytes, max_object_size)
+            stores.append(store)
+            return store
 
-    yield make
+        yield make
+    else:
+        with redis_server(tmp_path) as server:
+
+            def make(max_bytes: int = 1 << 20, max_object_size: int = 1 << 16) -> CacheStore:
+                store = RedisStore(server.url, max_object_size)
+                stores.append(store)
+                return store
+
+            yield make
+            for store in stores:
+                await store.close()
+            return
     for store in stores:
         await store.close()
+
+
+# Each entry is younger than the one made before it: stores list variants newest first.
+_clock = itertools.count(1)
 
 
 def entry(
@@ -48,7 +69,7 @@ def entry(
         reason=b"OK",
         headers=[(b"Content-Type", b"text/plain")],
         body=body,
-        freshness=Freshness(lifetime=60.0, initial_age=0.0, response_time=1.0),
+        freshness=Freshness(lifetime=60.0, initial_age=0.0, response_time=float(next(_clock))),
         vary=vary,
         secondary=secondary,
         tags=tags,

@@ -8,6 +8,7 @@ import pytest
 
 from gateway.app import RunningGateway
 from tests.harness import echo_app, serve_app
+from tests.integration.cache_origin import Origin, serve_origin
 
 
 @pytest.fixture
@@ -24,3 +25,10 @@ async def gateways() -> AsyncIterator[list[RunningGateway]]:
     yield started
     for gateway in started:
         await gateway.drain(1.0)
+
+
+@pytest.fixture
+async def origin() -> AsyncIterator[tuple[Origin, int]]:
+    """A recording upstream (tests.integration.cache_origin) and its port."""
+    async for served in serve_origin():
+        yield served

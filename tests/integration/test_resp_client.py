@@ -1,4 +1,4 @@
-"""The lean Redis client (gateway.ratelimit.resp) against a real redis-server."""
+"""The lean Redis client (gateway.redisproto.client) against a real redis-server."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.ratelimit.errors import ConnectionGone, RedisError
-from gateway.ratelimit.resp import MAX_PENDING, RedisClient
+from gateway.redisproto.client import MAX_PENDING, RedisClient
+from gateway.redisproto.errors import ConnectionGone, RedisError
 from tests.redis_server import redis_server, start_redis
 
 

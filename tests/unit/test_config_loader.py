@@ -1366,7 +1366,7 @@ routes:
       max_keys: 1000
     cache:
       enabled: true
-      store: memory
+      store: redis
       max_object_size: 64KiB
       default_ttl: 30s
       stale_while_revalidate: 10s
@@ -1444,7 +1444,7 @@ def _expected_every_key(ca_file: str) -> GatewayConfig:
                     max_keys=1000,
                 ),
                 cache=CacheConfig(
-                    store="memory",
+                    store="redis",
                     max_object_size=64 * KIB,
                     default_ttl=30.0,
                     stale_while_revalidate=10.0,
@@ -1459,14 +1459,9 @@ def _expected_every_key(ca_file: str) -> GatewayConfig:
     )
 
 
-# Fields whose only allowed value is the default (one balancing strategy so far; the cache's
-# Redis store is still to come), and the rate-limit strategy: `burst` is only allowed with
-# token_bucket, the default.
-_ONLY_VALUE = {
-    (UpstreamConfig, "balance"),
-    (RateLimitConfig, "strategy"),
-    (CacheConfig, "store"),
-}
+# Fields whose only allowed value is the default (one balancing strategy so far), and the
+# rate-limit strategy: `burst` is only allowed with token_bucket, the default.
+_ONLY_VALUE = {(UpstreamConfig, "balance"), (RateLimitConfig, "strategy")}
 
 
 def _differs_from_defaults(value: object, default: object, where: str) -> list[str]:

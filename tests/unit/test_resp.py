@@ -1,4 +1,4 @@
-"""RESP2 replies and commands (gateway.ratelimit.resp): a table, and any reply split anywhere."""
+"""RESP2 replies and commands (gateway.redisproto.client): a table, and any reply split anywhere."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.ratelimit.errors import RedisError
-from gateway.ratelimit.resp import INCOMPLETE, encode_command, parse_reply
+from gateway.redisproto.client import INCOMPLETE, encode_command, parse_reply
+from gateway.redisproto.errors import RedisError
 
 
 @pytest.mark.parametrize(

@@ -28,11 +28,12 @@ from typing import Any, Final
 
 from redis.connection import SSLConnection, UnixDomainSocketConnection, parse_url
 
-from gateway.ratelimit.errors import ConnectionGone, RedisError
+from gateway.redisproto.errors import ConnectionGone, RedisError
 
 # Replies awaited at once on the connection.
 MAX_PENDING: Final = 1024
-# The longest reply accepted (the rate limiter's are a few dozen bytes).
+# The longest reply line, bulk string or array accepted by default (the rate limiter's replies
+# are a few dozen bytes; the cache's client raises it to its largest entry).
 MAX_REPLY: Final = 1 << 20
 
 Reply = int | bytes | str | list[Any] | None
@@ -46,14 +47,14 @@ INCOMPLETE: Final = _Missing()
 
 
 def parse_reply(
-    data: bytes | bytearray, start: int = 0
+    data: bytes | bytearray, start: int = 0, limit: int = MAX_REPLY
 ) -> tuple[Reply | RedisError | _Missing, int]:
     """One reply from ``data`` at ``start``: (value, offset after it), or (`INCOMPLETE`,
     ``start``) when the data ends first. A sentinel rather than an exception: a reply split
     over two reads is the common case under load. ValueError when it is not RESP2."""
     end = data.find(b"\r\n", start)
     if end < 0:
-        if len(data) - start > MAX_REPLY:
+        if len(data) - start > limit:
             raise ValueError("a reply line longer than the limit")
         return INCOMPLETE, start
     kind = data[start : start + 1]
@@ -69,7 +70,7 @@ def parse_reply(
         size = int(line)
         if size < 0:
             return None, after
-        if size > MAX_REPLY:
+        if size > limit:
             raise ValueError(f"a bulk string of {size} bytes")
         if len(data) < after + size + 2:
             return INCOMPLETE, start
@@ -80,11 +81,11 @@ def parse_reply(
         count = int(line)
         if count < 0:
             return None, after
-        if count > MAX_REPLY:
+        if count > limit:
             raise ValueError(f"an array of {count} items")
         items: list[Any] = []
         for _ in range(count):
-            item, after = parse_reply(data, after)
+            item, after = parse_reply(data, after, limit)
             if isinstance(item, _Missing):
                 return INCOMPLETE, start
             items.append(item)
@@ -109,7 +110,8 @@ def encode_command(*parts: bytes | str | int | float) -> bytes:
 class _Protocol(asyncio.Protocol):
     """One connection: replies resolve the pending futures in order."""
 
-    def __init__(self, lost: asyncio.Future[None]) -> None:
+    def __init__(self, lost: asyncio.Future[None], limit: int) -> None:
+        self.limit = limit
         self.transport: asyncio.Transport | None = None
         self.pending: deque[asyncio.Future[Reply]] = deque()
         self.buffer = bytearray()
@@ -125,7 +127,7 @@ class _Protocol(asyncio.Protocol):
         offset = 0
         try:
             while offset < len(buffer):
-                reply, offset = parse_reply(buffer, offset)
+                reply, offset = parse_reply(buffer, offset, self.limit)
                 if isinstance(reply, _Missing):
                     break
                 if not self.pending:
@@ -160,7 +162,8 @@ class _Protocol(asyncio.Protocol):
 class RedisClient:
     """Commands to one Redis server over one lazily (re)connected, pipelined connection."""
 
-    def __init__(self, url: str, connect_timeout: float = 1.0) -> None:
+    def __init__(self, url: str, connect_timeout: float = 1.0, max_reply: int = MAX_REPLY) -> None:
+        self._max_reply = max_reply
         options: dict[str, Any] = parse_url(url)  # type: ignore[no-untyped-call]
         self._host: str | None = options.get("host")
         self._port: int = int(options.get("port", 6379))
@@ -175,6 +178,13 @@ class RedisClient:
         self._connect_timeout = connect_timeout
         self._protocol: _Protocol | None = None
         self._connecting: asyncio.Future[_Protocol] | None = None
+
+    def raise_max_reply(self, max_reply: int) -> None:
+        """Accept replies up to ``max_reply`` bytes from now on (never lowers the limit)."""
+        if max_reply > self._max_reply:
+            self._max_reply = max_reply
+            if self._protocol is not None:
+                self._protocol.limit = max_reply
 
     async def command(self, *parts: bytes | str | int | float) -> Reply:
         """Send one command and wait for its reply (RedisError for an error reply)."""
@@ -217,7 +227,7 @@ class RedisClient:
     async def _open(self) -> _Protocol:
         loop = asyncio.get_running_loop()
         lost: asyncio.Future[None] = loop.create_future()
-        protocol = _Protocol(lost)
+        protocol = _Protocol(lost, self._max_reply)
         if self._path:
             await loop.create_unix_connection(lambda: protocol, self._path)
         else:
