@@ -3,19 +3,22 @@
 `/healthz` says the process is alive; `/readyz` turns 503 while the gateway drains so a load
 balancer stops sending new connections before the listener closes; `/metrics` is the Prometheus
 exposition of every worker; `/config` shows the active config's hash and route table with
-secrets redacted. When `admin.token` is set, every mutating request (any method but GET and HEAD)
-needs `Authorization: Bearer <token>`.
+secrets redacted; `POST /cache/purge` removes cached responses (`gateway.cache.purge`). When
+`admin.token` is set, every mutating request (any method but GET and HEAD) needs `Authorization:
+Bearer <token>`.
 """
 
 from __future__ import annotations
 
 import hmac
+import json
 from collections.abc import Awaitable, Callable
 from typing import Protocol
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from gateway.cache.purge import parse_purge
 from gateway.config.model import AdminConfig
 from gateway.observability import metrics
 
@@ -33,6 +36,10 @@ class AdminSource(Protocol):
 
     def flush_metrics(self) -> None:
         """Publish observations held in this process before /metrics is rendered."""
+
+    async def purge_cache(self, body: dict[str, object]) -> int:
+        """Carry out a validated purge request everywhere; how many entries went."""
+        ...
 
 
 def _token_guard(token: str | None) -> Middleware:
@@ -73,11 +80,27 @@ def admin_app(config: AdminConfig, source: AdminSource) -> web.Application:
     async def config_view(_: web.Request) -> web.Response:
         return web.json_response(source.config_view())
 
+    async def cache_purge(request: web.Request) -> web.Response:
+        try:
+            body = await request.json()
+            parse_purge(body)
+        except ValueError as error:  # not JSON (json.JSONDecodeError is one), or not a purge
+            message = str(error) if not isinstance(error, json.JSONDecodeError) else "not JSON"
+            return web.json_response({"error": "bad_request", "message": message}, status=400)
+        try:
+            removed = await source.purge_cache(body)
+        except Exception as error:  # a store that cannot be reached: say so, change nothing
+            return web.json_response(
+                {"error": "unavailable", "message": f"purge failed: {error}"}, status=503
+            )
+        return web.json_response({"removed": removed})
+
     app = web.Application(middlewares=[_token_guard(config.token)])
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_text)
     app.router.add_get("/config", config_view)
+    app.router.add_post("/cache/purge", cache_purge)
     return app
 
 

@@ -18,6 +18,8 @@ from aiohttp import http_parser, web
 
 from gateway.admin import start_admin
 from gateway.cache.backends import CacheStores
+from gateway.cache.census import redis_cache_url, run_census
+from gateway.cache.purge import parse_purge, purge
 from gateway.config.model import GatewayConfig, ListenAddress
 from gateway.downstream.listener import Listener
 from gateway.observability import metrics
@@ -66,6 +68,8 @@ class RunningGateway:
     rate_limits: RateLimitBackends = field(default_factory=RateLimitBackends)
     # The cache stores, kept across reloads.
     caches: CacheStores = field(default_factory=CacheStores)
+    # Counts the Redis cache store for its gauges (the process with the admin listener only).
+    census: asyncio.Task[None] | None = None
     draining: bool = False
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
     _retiring: set[asyncio.Task[None]] = field(default_factory=set)
@@ -98,6 +102,9 @@ class RunningGateway:
     def flush_metrics(self) -> None:
         self.dispatcher.metrics.flush()
 
+    async def purge_cache(self, body: dict[str, object]) -> int:
+        return await purge(self.caches.all(), parse_purge(body))
+
     def config_view(self) -> dict[str, object]:
         from gateway.config.describe import config_hash, redacted_view
 
@@ -111,10 +118,11 @@ class RunningGateway:
         self.listener.close()
         # Idle keep-alive connections close at once; busy ones after their response.
         await self.server.shutdown(grace)
-        if self.sampler is not None:
-            self.sampler.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.sampler
+        for task in (self.sampler, self.census):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         # What the last second observed, so that no request goes uncounted.
         self.dispatcher.metrics.flush()
         await self.dispatcher.runtime.close()
@@ -182,6 +190,7 @@ async def start(
             (name, pool.open_connections, pool.idle_connections)
             for name, pool in dispatcher.runtime.pools.items()
         ),
+        memory_cache=caches.memory_size,
     )
     gateway = RunningGateway(
         dispatcher=dispatcher,
@@ -199,6 +208,9 @@ async def start(
         ),
     )
     if admin:
+        if config.admin.metrics:
+            # The Redis store's size is counted by the process serving the admin listener.
+            gateway.census = loop.create_task(run_census(lambda: redis_cache_url(gateway.config)))
         try:
             gateway.admin, gateway.admin_address = await start_admin(config.admin, gateway)
         except OSError as error:

@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import math
 import os
 import shutil
@@ -67,6 +68,8 @@ KILL_AFTER_DRAIN = 5.0
 WATCH_INTERVAL = 1.0
 # Snapshots kept besides the active one (a starting worker may still be about to read one).
 SNAPSHOTS_KEPT = 3
+# The longest the admin listener waits for the workers to report a purge.
+PURGE_TIMEOUT = 10.0
 
 WorkerState = Literal["starting", "up", "restarting", "stopped"]
 
@@ -189,6 +192,8 @@ class Worker:
     # Reload acknowledgements awaited from this process, by snapshot path: None when it
     # applied the snapshot, the error text when it did not.
     acks: dict[str, asyncio.Future[str | None]] = field(default_factory=dict)
+    # Purges awaited from this process, by id: the count removed, or an error.
+    purges: dict[str, asyncio.Future[int]] = field(default_factory=dict)
 
     @property
     def pid(self) -> int | None:
@@ -222,6 +227,7 @@ class Supervisor:
         self._reload_requested = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
         self._hash = ""
+        self._purge_count = 0
 
     # --- The admin source -------------------------------------------------------------------
 
@@ -243,6 +249,33 @@ class Supervisor:
 
     def flush_metrics(self) -> None:
         """The workers publish their own metrics each second; nothing is held here."""
+
+    async def purge_cache(self, body: dict[str, object]) -> int:
+        """Relay a purge to every worker and sum what they removed (each has its own memory
+        store; a Redis entry is removed by whichever worker reaches it first)."""
+        self._purge_count += 1
+        purge_id = str(self._purge_count)
+        line = f"purge {purge_id} {json.dumps(body, separators=(',', ':'))}\n".encode()
+        waiting: list[asyncio.Future[int]] = []
+        for worker in self._workers:
+            process = worker.process
+            if worker.state != "up" or process is None or process.stdin is None:
+                continue  # a worker starting now starts with an empty memory store
+            future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+            worker.purges[purge_id] = future
+            try:
+                process.stdin.write(line)
+            except (BrokenPipeError, ConnectionResetError):
+                worker.purges.pop(purge_id, None)
+                continue
+            waiting.append(future)
+        try:
+            async with asyncio.timeout(PURGE_TIMEOUT):
+                counts = await asyncio.gather(*waiting)
+        finally:
+            for worker in self._workers:
+                worker.purges.pop(purge_id, None)
+        return sum(counts)
 
     # --- Lifecycle ----------------------------------------------------------------------------
 
@@ -270,6 +303,10 @@ class Supervisor:
         try:
             self._port = reservation.getsockname()[1]
             admin, admin_address = await self._start_admin()
+            if self._config.admin.metrics:
+                from gateway.cache.census import redis_cache_url, run_census
+
+                self._background(run_census(lambda: redis_cache_url(self._config)))
             try:
                 if await self._start_workers():
                     await self._serve(admin_address)
@@ -466,6 +503,13 @@ class Supervisor:
                 self._log.info("worker_ready", slot=worker.slot, pid=worker.pid)
         elif event == "failed":
             worker.failure = str(message.get("error"))
+        elif event in ("purged", "purge_failed"):
+            waiter = worker.purges.pop(str(message.get("id")), None)
+            if waiter is not None and not waiter.done():
+                if event == "purged":
+                    waiter.set_result(int(message.get("removed", 0)))
+                else:
+                    waiter.set_exception(RuntimeError(str(message.get("error"))))
         elif event in ("reloaded", "reload_failed"):
             ack = worker.acks.pop(str(message.get("snapshot")), None)
             if ack is not None and not ack.done():

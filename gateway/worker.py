@@ -14,8 +14,10 @@ The protocol with the supervisor:
   "hash": H, "snapshot": PATH}`` and ``{"event": "reload_failed", "error": TEXT, "snapshot":
   PATH}`` after each reload command.
 - Commands: one per line on stdin: ``reload PATH`` serves the snapshot at PATH from now on
-  (routes, pools and chains swap at once; in-flight requests finish on the old ones). EOF on
-  stdin means the supervisor is gone: drain and exit.
+  (routes, pools and chains swap at once; in-flight requests finish on the old ones);
+  ``purge ID JSON`` purges this worker's cache stores (`gateway.cache.purge`) and answers
+  ``{"event": "purged", "id": ID, "removed": N}`` or ``{"event": "purge_failed", "id": ID,
+  "error": TEXT}``. EOF on stdin means the supervisor is gone: drain and exit.
 - Signals: SIGTERM drains within ``server.timeouts.drain`` and exits 0. SIGINT and SIGHUP are
   ignored: a Ctrl-C or a terminal hangup reaches the whole process group, and the supervisor
   owns both (it drains the workers, or reloads them through stdin).
@@ -145,17 +147,31 @@ async def _read_commands(
     reader = asyncio.StreamReader()
     stdin = os.fdopen(sys.stdin.fileno(), "rb", buffering=0, closefd=False)
     transport, _ = await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), stdin)
+    purges: set[asyncio.Task[None]] = set()
     try:
         while line := await reader.readline():
             command, _, argument = line.decode("utf-8", "replace").strip().partition(" ")
             if command == "reload" and argument:
                 _reload(gateway, argument, port, status, log)
+            elif command == "purge" and argument:
+                purges.add(loop.create_task(_purge(gateway, argument, status)))
+                purges = {task for task in purges if not task.done()}
             else:
                 log.warning("worker_unknown_command", command=command)
         log.info("supervisor_gone", pid=os.getpid())
         stop.set()
     finally:
         transport.close()
+
+
+async def _purge(gateway: RunningGateway, argument: str, status: StatusChannel) -> None:
+    purge_id, _, body = argument.partition(" ")
+    try:
+        removed = await gateway.purge_cache(json.loads(body))
+    except Exception as error:  # reported to the supervisor, which answers the admin client
+        status.send("purge_failed", id=purge_id, error=f"{type(error).__name__}: {error}")
+        return
+    status.send("purged", id=purge_id, removed=removed)
 
 
 def _reload(

@@ -39,6 +39,12 @@ class CacheStores:
             store = self.memory
         return CacheStage(route.name, cache, store, config.server.via_name.encode("ascii"))
 
+    def memory_size(self) -> tuple[int, int] | None:
+        """(entries, bytes) of the memory store, None before a route uses it."""
+        if self.memory is None:
+            return None
+        return self.memory.entries, self.memory.bytes
+
     def all(self) -> list[CacheStore]:
         stores: list[CacheStore] = list(self.redis.values())
         if self.memory is not None:

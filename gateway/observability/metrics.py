@@ -109,6 +109,20 @@ CACHE_REQUESTS = Counter(
     " (not a cacheable request) and coalesced (answered by a concurrent miss's response).",
     ["route", "result"],
 )
+CACHE_ENTRIES = Gauge(
+    "gateway_cache_entries",
+    "Stored responses by cache store: memory (summed over the workers, each has its own),"
+    " redis (counted by the admin process a few hundred keys a second; trails by one pass).",
+    ["store"],
+    multiprocess_mode="livesum",
+)
+CACHE_BYTES = Gauge(
+    "gateway_cache_bytes",
+    "Bytes the cache stores hold: memory (bodies, fields and bookkeeping, summed over the"
+    " workers), redis (MEMORY USAGE of the store's keys).",
+    ["store"],
+    multiprocess_mode="livesum",
+)
 UPSTREAM_CONNECTIONS = Gauge(
     "gateway_upstream_connections",
     "Pooled upstream connections by state (active, idle), sampled each second.",
@@ -185,6 +199,11 @@ def count_cache_requests(route: str, result: str, count: int) -> None:
     CACHE_REQUESTS.labels(route, result).inc(count)
 
 
+def set_cache_size(store: str, entries: int, size: int) -> None:
+    CACHE_ENTRIES.labels(store).set(entries)
+    CACHE_BYTES.labels(store).set(size)
+
+
 def count_ratelimit_failover(backend: str) -> None:
     RATELIMIT_BACKEND_FAILURES.labels(backend).inc()
 
@@ -210,15 +229,21 @@ class GaugeSampler:
         inflight: Callable[[], int],
         connections: Callable[[], int],
         pools: Callable[[], Iterable[tuple[str, int, int]]],
+        memory_cache: Callable[[], tuple[int, int] | None] = lambda: None,
     ) -> None:
         self._inflight = inflight
         self._connections = connections
         self._pools = pools
+        # (entries, bytes) of this process's memory cache store, None without one.
+        self._memory_cache = memory_cache
         self._seen: set[str] = set()
 
     def sample(self) -> None:
         INFLIGHT.set(self._inflight())
         CONNECTIONS.set(self._connections())
+        memory = self._memory_cache()
+        if memory is not None:
+            set_cache_size("memory", memory[0], memory[1])
         current: set[str] = set()
         for name, open_connections, idle in self._pools():
             current.add(name)

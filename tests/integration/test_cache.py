@@ -349,3 +349,37 @@ async def test_a_large_response_streams_through_unstored(
     assert first[2] == second[2] == b"x" * 200_000
     assert recorder.hits("/big") == 2
     assert first[1]["Cache-Status"] == "gateway; fwd=uri-miss; detail=too-large"
+
+
+def _sample(name: str, **labels: str) -> float:
+    from prometheus_client import REGISTRY
+
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def test_results_are_counted_and_the_memory_store_measured(
+    origin: tuple[Origin, int], gateways: list[RunningGateway]
+) -> None:
+    recorder, port = origin
+    recorder.answers["/m"] = respond(b"y" * 1000, Cache_Control="max-age=60")
+    gateway = await cached_gateway(gateways, port)
+    before = {
+        result: _sample("gateway_cache_requests_total", route="api", result=result)
+        for result in ("hit", "miss", "bypass")
+    }
+    await fetch(gateway, "/m")
+    await fetch(gateway, "/m")
+    await fetch(gateway, "/m", "POST")
+    gateway.flush_metrics()
+    counted = {
+        result: _sample("gateway_cache_requests_total", route="api", result=result) - value
+        for result, value in before.items()
+    }
+    assert counted == {"hit": 1, "miss": 1, "bypass": 1}
+    # The sampler publishes the store's size each second.
+    await asyncio.sleep(1.2)
+    assert _sample("gateway_cache_entries", store="memory") == 0  # the POST invalidated /m
+    await fetch(gateway, "/m")
+    await asyncio.sleep(1.2)
+    assert _sample("gateway_cache_entries", store="memory") == 1
+    assert _sample("gateway_cache_bytes", store="memory") > 1000

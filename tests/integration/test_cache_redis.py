@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from gateway.app import RunningGateway, start
+from gateway.cache.census import RedisCensus
 from gateway.cache.redis_store import KEY_PREFIX, RedisStore
 from gateway.config.model import CacheConfig, RedisConfig, RouteConfig
 from gateway.redisproto.client import RedisClient
@@ -119,3 +120,24 @@ async def test_a_redis_outage_makes_the_cache_a_pass_through(
     answers = [await fetch(gateway, "/p") for _ in range(3)]
     assert [(status, body) for status, _, body in answers] == [(200, b"fresh")] * 3
     assert recorder.hits("/p") == 3
+
+
+async def test_the_census_counts_the_redis_store(redis: RedisServer) -> None:
+    store = RedisStore(redis.url, 1 << 16)
+    for index in range(30):
+        await store.put(entry(b"/census/%d" % index, body=b"z" * 500), 60)
+    await store.put(entry(b"/census/0", vary=(b"x",), secondary=b"+other"), 60)
+    client = RedisClient(redis.url)
+    await client.command("SET", "unrelated", "key")
+    census = RedisCensus(client)
+    totals = None
+    for _ in range(100):
+        totals = await census.step()
+        if totals is not None:
+            break
+    assert totals is not None
+    entries, size = totals
+    assert entries == 31
+    assert size > 30 * 500
+    await client.close()
+    await store.close()
