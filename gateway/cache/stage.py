@@ -65,6 +65,19 @@ MAX_REFRESHES: Final = 64
 _CONDITIONALS: Final = frozenset(
     {b"if-none-match", b"if-modified-since", b"if-match", b"if-unmodified-since", b"if-range"}
 )
+# Request fields some frameworks obey to serve another path or method than the request line
+# says. The key holds the request line, so on a cached route they would let one client store
+# another URL's (or a POST's) answer under this key: they never reach the upstream from here
+# (HARDENING.md §C, "headers the key ignores are stripped or harmless").
+_OVERRIDES: Final = frozenset(
+    {
+        b"x-original-url",
+        b"x-rewrite-url",
+        b"x-http-method-override",
+        b"x-http-method",
+        b"x-method-override",
+    }
+)
 # Fields of a response never stored: recomputed or added per answer.
 _NOT_STORED: Final = frozenset({b"age", b"x-request-id", b"cache-status"})
 _EMPTY_CONTROL: Final = CacheControl()
@@ -74,7 +87,14 @@ _UPSTREAM_FAILURES: Final = (BadGateway, GatewayTimeout, UpstreamBusy)
 class RequestFacts:
     """What the cache needs from a request's fields, found in one pass."""
 
-    __slots__ = ("cache_control", "conditional", "credentials", "pragma_no_cache", "ranged")
+    __slots__ = (
+        "cache_control",
+        "conditional",
+        "credentials",
+        "overrides",
+        "pragma_no_cache",
+        "ranged",
+    )
 
     def __init__(self, headers: Headers) -> None:
         cache_control: list[bytes] = []
@@ -82,9 +102,12 @@ class RequestFacts:
         self.conditional = False
         self.credentials = False
         self.ranged = False
+        self.overrides = False
         for name, value in headers:
             lname = name.lower()
-            if lname == b"cache-control":
+            if lname in _OVERRIDES:
+                self.overrides = True
+            elif lname == b"cache-control":
                 cache_control.append(value)
             elif lname == b"pragma":
                 pragma.append(value)
@@ -140,6 +163,8 @@ class CacheStage:
         if method not in {"GET", "HEAD"}:
             return await self._unsafe(request, call_next)
         facts = RequestFacts(request.headers)
+        if facts.overrides:
+            request.headers = [(k, v) for k, v in request.headers if k.lower() not in _OVERRIDES]
         if facts.ranged:
             request.cache = "bypass"
             return await call_next(request)
