@@ -154,6 +154,33 @@ class ProxyResponse:
         return f"<ProxyResponse {self.status} {self.reason!r}>"
 
 
+class CompleteBody:
+    """A body that is whole in memory (a cache hit): the server writes it with the head in one
+    send, as it does an upstream body that already arrived whole."""
+
+    __slots__ = ("_data", "_done")
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._done = not data
+
+    def __aiter__(self) -> CompleteBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._done:
+            raise StopAsyncIteration
+        self._done = True
+        return self._data
+
+    def take_complete(self) -> bytes:
+        """All that is left of the body (then nothing is)."""
+        if self._done:
+            return b""
+        self._done = True
+        return self._data
+
+
 def header_values(headers: Headers, name: bytes) -> list[bytes]:
     """All values of the field ``name`` (lower-case bytes), in order."""
     return [v for k, v in headers if k.lower() == name]

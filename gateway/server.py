@@ -27,7 +27,7 @@ from gateway.downstream.writer import (
 )
 from gateway.edge import RequestHead, build_request, request_id_of
 from gateway.errors import GatewayError, RouteNotFound, UpstreamAborted
-from gateway.messages import Headers, ProxyRequest, ProxyResponse
+from gateway.messages import CompleteBody, Headers, ProxyRequest, ProxyResponse
 from gateway.observability.access_log import AccessLog
 from gateway.observability.logging import get_logger
 from gateway.observability.metrics import UNMATCHED
@@ -167,7 +167,9 @@ class Dispatcher:
             # that the client sees the head of a slow response at once.
             first = b""
             more = True
-            if isinstance(body, ResponseBody):
+            if isinstance(body, CompleteBody):
+                first, more = body.take_complete(), False
+            elif isinstance(body, ResponseBody):
                 whole = body.take_complete()
                 if whole is not None:
                     first, more = whole, False

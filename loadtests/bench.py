@@ -40,6 +40,10 @@ Features (`--features`, on by default), on fresh processes: the small GET agains
 differ in one feature each (`loadtests/features.py`: rate limiting in memory and in a Redis it
 starts), with each one's ratio to the gateway without features.
 
+Cache (`--cache`, on by default), on fresh processes: hits of the small GET's body from nginx's
+`proxy_cache` and from the gateway's memory and Redis cache stores (`loadtests/cache_bench.py`),
+with each one's ratio to nginx.
+
 Scaling (`--scaling`, on by default; `--no-scaling` skips it), last, on fresh processes: the
 `small` scenario against nginx with `worker_processes 1` and `2` and against the gateway with
 `workers: 1` and `2` (those of `--targets` that are nginx or the gateway), all four in every round,
@@ -87,6 +91,7 @@ from pathlib import Path
 from typing import Any
 from urllib.request import Request, urlopen
 
+import cache_bench
 from features import add_ratios, print_features, start_feature_gateways
 from targets import (
     BODY,
@@ -373,6 +378,23 @@ def run_features(
     return add_ratios(outcome)
 
 
+def run_cache(
+    workdir: Path, upstreams: tuple[int, int], args: argparse.Namespace
+) -> dict[str, Any]:
+    """Cache hits: nginx proxy_cache and the gateway's stores (loadtests/cache_bench.py)."""
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        started = cache_bench.start_cache_targets(workdir, upstreams, args.gateway_build, processes)
+        targets = [Target(label, port, pids) for label, port, pids in started]
+        scenario = Scenario(cache_bench.TITLE, cache_bench.PATH, 50)
+        outcome = run_scenario(
+            scenario, targets, rounds=args.rounds, duration=args.duration, script=None
+        )
+    finally:
+        stop(processes)
+    return cache_bench.add_ratios(outcome)
+
+
 def _optional(value: float | None, width: int) -> str:
     return f"{'-':>{width}}" if value is None else f"{value:{width}.3f}"
 
@@ -560,6 +582,13 @@ def parse_args() -> argparse.Namespace:
         "(loadtests/features.py; default on; needs redis-server)",
     )
     parser.add_argument(
+        "--cache",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="cache hits of the gateway (memory and Redis stores) against nginx proxy_cache hits "
+        "(loadtests/cache_bench.py; default on; needs redis-server)",
+    )
+    parser.add_argument(
         "--scaling-threads",
         type=int,
         default=2,
@@ -612,6 +641,7 @@ def main() -> int:
         "scenarios": {},
         "idle": {},
         "features": {},
+        "cache": {},
         "scaling": {},
     }
     with tempfile.TemporaryDirectory(prefix="gw-bench-") as tmp:
@@ -671,6 +701,10 @@ def main() -> int:
             if args.features and "gateway" in args.targets:
                 results["features"] = run_features(workdir, (small_port, body_port), args)
                 print_features(results["features"], args, SCENARIOS["small"].title)
+                sys.stdout.flush()
+            if args.cache and "gateway" in args.targets:
+                results["cache"] = run_cache(workdir, (small_port, body_port), args)
+                cache_bench.print_cache(results["cache"], args)
                 sys.stdout.flush()
             if args.scaling:
                 upstreams = (small_port, body_port)

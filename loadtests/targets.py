@@ -138,6 +138,12 @@ def nginx_upstream_conf(workdir: Path, port: int, connections: int = 4096) -> Pa
                     listen 127.0.0.1:{port} reuseport;
                     keepalive_requests 100000;
                     location / {{ default_type application/json; return 200 '{BODY}'; }}
+                    # The same body, cacheable for an hour (the cache section).
+                    location /cached {{
+                        default_type application/json;
+                        add_header Cache-Control "max-age=3600" always;
+                        return 200 '{BODY}';
+                    }}
                 }}
             }}
             """
@@ -203,6 +209,50 @@ def nginx_proxy_conf(
     return conf
 
 
+def nginx_cache_conf(
+    workdir: Path,
+    small_port: int,
+    listen_port: int,
+    *,
+    max_requests: int = MAX_REQUESTS,
+    connections: int = 4096,
+) -> Path:
+    """nginx as a caching reverse proxy for the small upstream: one worker, `proxy_cache` in a
+    zone under ``workdir``, the upstream's Cache-Control obeyed (the cache section)."""
+    name = "nginx-cache"
+    conf = workdir / f"{name}.conf"
+    # Started as root, nginx's workers run as nobody, who cannot enter the private (0700)
+    # workdir where the cache store lives: run them as the harness's own user instead.
+    user = "user root;\n" if os.geteuid() == 0 else ""
+    conf.write_text(
+        user
+        + _nginx_preamble(workdir, name, connections)
+        + "http {\n    access_log off;\n"
+        + _nginx_temp_paths(workdir, name)
+        + textwrap.dedent(
+            f"""
+                proxy_cache_path {workdir}/{name}-store levels=1:2 keys_zone=small:10m
+                                 max_size=100m inactive=1h use_temp_path=off;
+                keepalive_requests {max_requests};
+                keepalive_timeout 300s;
+                upstream small {{ server 127.0.0.1:{small_port}; keepalive 64; }}
+                server {{
+                    listen 127.0.0.1:{listen_port} backlog=4096;
+                    location / {{
+                        proxy_pass http://small;
+                        proxy_http_version 1.1;
+                        proxy_set_header Connection "";
+                        proxy_cache small;
+                        add_header X-Cache-Status $upstream_cache_status;
+                    }}
+                }}
+            }}
+            """
+        )
+    )
+    return conf
+
+
 def haproxy_conf(workdir: Path, ports: tuple[int, int, int], *, maxconn: int = 4096) -> Path:
     """HAProxy in http mode: 1 thread, keep-alive to the upstreams, no logging.
 
@@ -257,13 +307,15 @@ def gateway_conf(
     workers: int = 1,
     rate_limit: str | None = None,
     redis_url: str | None = None,
+    cache: str | None = None,
 ) -> Path:
     """The gateway with ``workers`` workers; ``ports`` is (small upstream, body upstream, listen).
 
     With more than one, the supervisor starts that many worker processes, each listening on the
     port with SO_REUSEPORT. ``rate_limit`` ("memory" or "redis", which needs ``redis_url``)
     puts a per-client-IP limit on every route that never refuses (a million a second): it
-    prices the decision, not the refusals.
+    prices the decision, not the refusals. ``cache`` ("memory" or "redis") caches the small
+    route's responses in that store.
     """
     small_port, body_port, listen_port = ports
     conf = workdir / f"{name}.yaml"
@@ -271,6 +323,7 @@ def gateway_conf(
     if rate_limit is not None:
         extra += f"  rate_limit: {{ rate: 1000000/second, backend: {rate_limit}, budget: 1s }}\n"
     redis = f'redis:\n  url: "{redis_url}"\n' if redis_url else ""
+    cached = f"cache: {{ store: {cache} }}" if cache else "cache: false"
     conf.write_text(
         textwrap.dedent(
             f"""\
@@ -302,6 +355,7 @@ def gateway_conf(
                 match: {{ path_prefix: /echo }}
               - name: all
                 upstream: small
+                {cached}
             """
         )
         .replace("{extra}", extra)
@@ -375,11 +429,21 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def _serving(pid: int) -> bool:
+    """Not one of nginx's cache manager and cache loader processes (`proxy_cache`)."""
+    try:
+        title = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"cache manager" not in title and b"cache loader" not in title
+
+
 def worker_children(pid: int, count: int = 1, timeout: float = 15.0) -> tuple[int, ...]:
-    """The ``count`` child processes of ``pid`` (the gateway's or nginx's workers), once there."""
+    """The ``count`` child processes of ``pid`` that serve requests (the gateway's or nginx's
+    workers), once there."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = children(pid)
+        found = [child for child in children(pid) if _serving(child)]
         if len(found) == count:
             return tuple(sorted(found))
         time.sleep(0.05)

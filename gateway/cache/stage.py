@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
 
 from gateway.cache.directives import CacheControl
@@ -52,7 +52,7 @@ from gateway.cache.validators import (
 from gateway.chain import Handler
 from gateway.config.model import CacheConfig
 from gateway.errors import BadGateway, GatewayError, GatewayTimeout, UpstreamBusy
-from gateway.messages import Headers, ProxyRequest, ProxyResponse
+from gateway.messages import CompleteBody, Headers, ProxyRequest, ProxyResponse
 
 # How long a miss waits for a concurrent one of the same key before going upstream itself
 # (nginx's proxy_cache_lock_timeout is 5 s too).
@@ -176,10 +176,14 @@ class CacheStage:
         if entry is not None:
             use = entry.freshness.usable(control, facts.pragma_no_cache, now)
             if use in {FRESH, STALE}:
-                return self._answer(request, entry, now, "hit", b"hit")
+                return self._answer(
+                    request, entry, now, "hit", b"hit", conditional=facts.conditional
+                )
             if use == STALE_WHILE_REVALIDATE:
                 self._refresh_later(request, key, entry, call_next)
-                return self._answer(request, entry, now, "stale", b"hit; fwd=stale")
+                return self._answer(
+                    request, entry, now, "stale", b"hit; fwd=stale", conditional=facts.conditional
+                )
         if control.only_if_cached:
             # RFC 9111 §5.2.1.7: no stored response to use, so 504.
             request.cache = "miss"
@@ -192,7 +196,14 @@ class CacheStage:
     # --- answering from the store -------------------------------------------------------
 
     def _answer(
-        self, request: ProxyRequest, entry: CacheEntry, now: float, result: str, status: bytes
+        self,
+        request: ProxyRequest,
+        entry: CacheEntry,
+        now: float,
+        result: str,
+        status: bytes,
+        *,
+        conditional: bool = True,
     ) -> ProxyResponse:
         request.cache = result
         freshness = entry.freshness
@@ -204,16 +215,20 @@ class CacheStage:
             (b"Cache-Status", cache_status),
             (b"X-Request-ID", request.request_id.encode("ascii")),
         ]
-        if entry.status == 200 and not_modified(
-            request.headers,
-            entry.header(b"etag"),
-            entry.header(b"last-modified"),
-            entry.header(b"date"),
+        if (
+            conditional
+            and entry.status == 200
+            and not_modified(
+                request.headers,
+                entry.header(b"etag"),
+                entry.header(b"last-modified"),
+                entry.header(b"date"),
+            )
         ):
             return ProxyResponse(
                 304, b"Not Modified", headers=not_modified_fields(entry.headers) + added
             )
-        body = None if request.method == "HEAD" or not entry.body else _once(entry.body)
+        body = None if request.method == "HEAD" else CompleteBody(entry.body)
         return ProxyResponse(
             entry.status,
             entry.reason,
@@ -340,7 +355,12 @@ class CacheStage:
         if response.body is None:
             self._complete(key, flight, template, b"")
             return response
-        response.body = self._teed(key, flight, template, response.body, length)
+        response.body = TeeBody(
+            response.body,
+            length,
+            self._max_object_size,
+            lambda body: self._kept(key, flight, template, body),
+        )
         release = response.release
 
         async def released() -> None:
@@ -353,31 +373,18 @@ class CacheStage:
         response.release = released
         return response
 
-    async def _teed(
+    def _kept(
         self,
         key: bytes,
         flight: asyncio.Future[CacheEntry | None] | None,
         template: CacheEntry,
-        body: AsyncIterator[bytes],
-        length: int | None,
-    ) -> AsyncIterator[bytes]:
-        """The body as it streams to the client, kept (up to the object size) to store."""
-        kept: list[bytes] | None = []
-        size = 0
-        limit = self._max_object_size
-        async for chunk in body:
-            if kept is not None:
-                size += len(chunk)
-                if size > limit:
-                    kept = None
-                    self._land(key, flight, None)
-                else:
-                    kept.append(chunk)
-            yield chunk
-        if kept is not None and (length is None or size == length):
-            self._complete(key, flight, template, b"".join(kept))
-        else:
+        body: bytes | None,
+    ) -> None:
+        """The end of a teed body: store it whole, or (None) let the waiters go."""
+        if body is None:
             self._land(key, flight, None)
+        else:
+            self._complete(key, flight, template, body)
 
     def _complete(
         self,
@@ -646,5 +653,52 @@ async def _discard(response: ProxyResponse) -> None:
             await response.release()
 
 
-async def _once(body: bytes) -> AsyncIterator[bytes]:
-    yield body
+class TeeBody:
+    """A body on its way to the client, kept (up to ``limit`` bytes) to be stored once whole:
+    ``on_end`` gets the whole body, or None when it was too large, cut short or failed."""
+
+    __slots__ = ("_body", "_ended", "_kept", "_length", "_limit", "_on_end", "_size")
+
+    def __init__(
+        self,
+        body: AsyncIterator[bytes],
+        length: int | None,
+        limit: int,
+        on_end: Callable[[bytes | None], None],
+    ) -> None:
+        self._body = body
+        self._length = length
+        self._limit = limit
+        self._on_end = on_end
+        self._kept: list[bytes] | None = []
+        self._size = 0
+        self._ended = False
+
+    def __aiter__(self) -> TeeBody:
+        return self
+
+    async def __anext__(self) -> bytes:
+        try:
+            chunk = await self._body.__anext__()
+        except StopAsyncIteration:
+            kept = self._kept
+            whole = kept is not None and (self._length is None or self._size == self._length)
+            self._end(b"".join(kept) if kept is not None and whole else None)
+            raise
+        except BaseException:
+            self._end(None)
+            raise
+        kept = self._kept
+        if kept is not None:
+            self._size += len(chunk)
+            if self._size > self._limit:
+                self._kept = None
+                self._end(None)
+            else:
+                kept.append(chunk)
+        return chunk
+
+    def _end(self, body: bytes | None) -> None:
+        if not self._ended:
+            self._ended = True
+            self._on_end(body)
