@@ -15,7 +15,8 @@ For GET and HEAD, by the rules of `gateway.cache.policy`:
   upstream themselves when it was not storable.
 - **bypass**: other methods go upstream; an unsafe one answered 2xx/3xx invalidates the
   stored responses of its target and of same-origin Location and Content-Location (§4.4).
-  Range requests bypass the cache too (it does not combine or slice ranges).
+  Range requests bypass the cache too (it does not combine or slice ranges), and so do GET
+  requests with a body (the key does not hold it).
 
 Truncated bodies, 206 and 5xx are never stored (HARDENING.md §C).
 """
@@ -162,6 +163,11 @@ class CacheStage:
         method = request.method
         if method not in {"GET", "HEAD"}:
             return await self._unsafe(request, call_next)
+        if request.body is not None:
+            # A GET with a body (search APIs do this) may be answered by its body, which the
+            # key does not hold: it goes upstream, and its answer is not stored.
+            request.cache = "bypass"
+            return await call_next(request)
         facts = RequestFacts(request.headers)
         if facts.overrides:
             request.headers = [(k, v) for k, v in request.headers if k.lower() not in _OVERRIDES]

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -18,7 +20,8 @@ from tests.harness import LOCAL, serve_app
 class Origin:
     """What the upstream answers per path, and every request it saw."""
 
-    answers: dict[str, Callable[[web.Request], web.StreamResponse]] = field(default_factory=dict)
+    # Per path: a function of the request to a response (or to an awaitable of one).
+    answers: dict[str, Callable[[web.Request], Any]] = field(default_factory=dict)
     seen: list[web.Request] = field(default_factory=list)
     delay: float = 0.0
 
@@ -32,7 +35,9 @@ class Origin:
         answer = self.answers.get(request.path)
         if answer is None:
             return web.Response(status=404, text="no answer configured")
-        return answer(request)
+        result = answer(request)
+        response: web.StreamResponse = await result if inspect.isawaitable(result) else result
+        return response
 
 
 async def serve_origin() -> AsyncIterator[tuple[Origin, int]]:

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import asyncio
 
+import aiohttp
 import pytest
 from aiohttp import web
 
 from gateway.app import RunningGateway, start
 from gateway.config.model import CacheConfig, RouteConfig
-from tests.harness import gateway_config, upstream_to
+from tests.harness import LOCAL, gateway_config, upstream_to
 from tests.integration.cache_origin import Origin, fetch, respond
 
 
@@ -382,3 +383,34 @@ async def test_results_are_counted_and_the_memory_store_measured(
     await asyncio.sleep(1.2)
     assert _sample("gateway_cache_entries", store="memory") == 1
     assert _sample("gateway_cache_bytes", store="memory") > 1000
+
+
+async def test_a_miss_streams_to_its_client_while_it_is_stored(
+    origin: tuple[Origin, int], gateways: list[RunningGateway]
+) -> None:
+    recorder, port = origin
+    first_chunk_seen = asyncio.Event()
+
+    async def slow(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Cache-Control": "max-age=60"})
+        await response.prepare(request)
+        await response.write(b"first;")
+        # The rest only once the client has the first part: a cache that waited for the
+        # whole body before answering would never get here.
+        await asyncio.wait_for(first_chunk_seen.wait(), 5)
+        await response.write(b"second")
+        await response.write_eof()
+        return response
+
+    recorder.answers["/stream"] = slow
+    gateway = await cached_gateway(gateways, port)
+    url = f"http://{LOCAL}:{gateway.address[1]}/stream"
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        assert await response.content.readexactly(6) == b"first;"
+        first_chunk_seen.set()
+        assert await response.read() == b"second"
+    await asyncio.sleep(0.05)
+    status, headers, body = await fetch(gateway, "/stream")
+    assert (status, body) == (200, b"first;second")
+    assert headers["Cache-Status"].startswith("gateway; hit")
+    assert recorder.hits("/stream") == 1

@@ -187,3 +187,25 @@ async def test_a_truncated_body_is_never_stored(
     memory = gateway.caches.memory
     assert memory is not None
     assert memory.entries == 0
+
+
+async def test_a_get_with_a_body_is_neither_answered_nor_stored_by_the_cache(
+    origin: tuple[Origin, int], gateways: list[RunningGateway]
+) -> None:
+    recorder, port = origin
+
+    async def search(request: web.Request) -> web.Response:
+        query = await request.read()
+        return web.Response(body=b"results for " + query, headers={"Cache-Control": "max-age=60"})
+
+    recorder.answers["/search"] = search
+    gateway = await cached(gateways, port)
+    url = f"http://127.0.0.1:{gateway.address[1]}/search"
+    async with aiohttp.ClientSession() as session:
+        for query in (b"alice", b"bob"):
+            async with session.get(url, data=query) as response:
+                assert await response.read() == b"results for " + query
+                assert "Cache-Status" not in response.headers
+        _, _, body = await fetch(gateway, "/search")
+    assert body == b"results for "
+    assert recorder.hits("/search") == 3

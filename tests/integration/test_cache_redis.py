@@ -141,3 +141,29 @@ async def test_the_census_counts_the_redis_store(redis: RedisServer) -> None:
     assert size > 30 * 500
     await client.close()
     await store.close()
+
+
+async def test_entries_with_validators_are_kept_to_be_revalidated(
+    origin: tuple[Origin, int], gateways: list[RunningGateway], redis: RedisServer
+) -> None:
+    recorder, port = origin
+    recorder.answers["/plain"] = respond(b"a", Cache_Control="max-age=60")
+    recorder.answers["/tagged"] = respond(b"b", Cache_Control="max-age=60", ETag='"v1"')
+    gateway = await _gateway(gateways, port, redis.url, revalidate_for=600.0)
+    client = RedisClient(redis.url)
+    ttls = {}
+    for path in ("/plain", "/tagged"):
+        await fetch(gateway, path, Host="api.example.com")
+        key = KEY_PREFIX + b"GET http://api.example.com:80" + path.encode()
+        for _ in range(50):  # stored in the background
+            ttl = await client.command("PTTL", key)
+            if isinstance(ttl, int) and ttl > 0:
+                break
+            await asyncio.sleep(0.01)
+        ttls[path] = ttl
+    await client.close()
+    # Freshness only, for the one without validators; plus revalidate_for for the other.
+    assert isinstance(ttls["/plain"], int)
+    assert isinstance(ttls["/tagged"], int)
+    assert 55_000 < ttls["/plain"] <= 60_000
+    assert 655_000 < ttls["/tagged"] <= 660_000
