@@ -1,0 +1,1 @@
+"""Negotiated response compression: br, zstd and gzip (issue 7)."""
