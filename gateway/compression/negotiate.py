@@ -40,8 +40,8 @@ def accepted(values: list[bytes]) -> dict[str, float]:
     found: dict[str, float] = {}
     count = 0
     for value in values:
-        for element in value.decode("latin-1").split(","):
-            element = element.strip()
+        for raw_element in value.decode("latin-1").split(","):
+            element = raw_element.strip()
             if not element:
                 continue
             count += 1
