@@ -30,6 +30,7 @@ class ProxyRequest:
         "body",
         "cache",
         "client_ip",
+        "compression",
         "content_length",
         "expect_continue",
         "headers",
@@ -104,6 +105,8 @@ class ProxyRequest:
         # The cache's result (hit, miss, stale, revalidated, bypass, coalesced) for the
         # access line; None when the route has no cache.
         self.cache: str | None = None
+        # The coding the response was compressed with, for the access line; None when not.
+        self.compression: str | None = None
 
     def __repr__(self) -> str:
         return f"<ProxyRequest {self.method} {self.target!r} id={self.request_id}>"

@@ -14,6 +14,7 @@ from types import MappingProxyType
 
 from gateway.cache.backends import CacheStores
 from gateway.chain import Handler, Stage, compose
+from gateway.compression.stage import CompressionStage
 from gateway.config.model import GatewayConfig
 from gateway.edge import EdgeSettings
 from gateway.headers import via_value
@@ -62,7 +63,8 @@ class Runtime:
         leases: list[str] = []
         for route in config.routes:
             forward = Forwarder(route, pools[route.upstream], config.server.via_name, metrics)
-            # DESIGN.md §1: rate limit, cache, then (a later issue) compression.
+            # DESIGN.md §1: rate limit, cache, compression: the cache keeps what compression
+            # made, so a hit costs no compression.
             stages: list[Stage] = []
             rate_limit = backends.stage(route, config, metrics, leases)
             if rate_limit is not None:
@@ -70,6 +72,8 @@ class Runtime:
             cache = caches.stage(route, config) if caches is not None else None
             if cache is not None:
                 stages.append(cache)
+            if route.compression is not None:
+                stages.append(CompressionStage(route.compression, metrics))
             handlers[route.name] = compose(stages, forward)
         runtime = cls(
             config=config,

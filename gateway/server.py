@@ -227,6 +227,7 @@ class Dispatcher:
             trace_id: str | None = proxy_request.trace_id
             rate_limit = proxy_request.rate_limit
             cache = proxy_request.cache
+            compression = proxy_request.compression
         else:
             request_id = "-"
             client_ip = head.peer_ip
@@ -234,6 +235,7 @@ class Dispatcher:
             trace_id = None
             rate_limit = None
             cache = None
+            compression = None
         bytes_in = body.received if body is not None else 0
         access_log.record(
             request_id=request_id,
@@ -250,6 +252,7 @@ class Dispatcher:
             trace_id=trace_id,
             rate_limit=rate_limit,
             cache=cache,
+            compression=compression,
         )
 
 

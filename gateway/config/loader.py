@@ -28,6 +28,8 @@ from gateway.config.model import (
     AdminConfig,
     CacheConfig,
     CacheSettings,
+    CompressionConfig,
+    CompressionLevels,
     GatewayConfig,
     HeaderMatch,
     ListenAddress,
@@ -451,6 +453,8 @@ def _with_unit(
 
 _duration = _with_unit(parse_duration, DURATION_NEEDS_UNIT, "a duration such as '5s'")
 _size = _with_unit(parse_size, SIZE_NEEDS_UNIT, "a size such as '64KiB'")
+# A size that may be 0B: compress whatever the size.
+_size_or_zero = _with_unit(parse_size, SIZE_NEEDS_UNIT, "a size such as '64KiB'", zero=True)
 # A duration that may be 0s: a window that is off.
 _duration_or_zero = _with_unit(
     parse_duration, DURATION_NEEDS_UNIT, "a duration such as '5s'", zero=True
@@ -860,6 +864,72 @@ def _cache(value: object, path: str, ctx: _Context) -> Any:
     return config if enabled else None
 
 
+def _check_unique(items: list[tuple[int, str]], path: str, ctx: _Context) -> None:
+    first: dict[str, int] = {}
+    for index, item in items:
+        if item in first:
+            ctx.problem(f"{path}[{index}]", f"duplicate {item!r}")
+        first.setdefault(item, index)
+
+
+def _level(low: int, high: int) -> Converter:
+    def convert(value: object, path: str, ctx: _Context) -> int:
+        if isinstance(value, _FromEnv) and re.fullmatch(r"[0-9]+", value):
+            value = int(value)
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise _BadValueError(
+                f"expected an integer from {low} to {high}, got {_describe(value)}"
+            )
+        return value
+
+    return convert
+
+
+_MEDIA_RANGE = re.compile(
+    r"[a-z0-9][a-z0-9!#$&^_.+-]*/(\*|\*\+[a-z0-9!#$&^_.+-]+|[a-z0-9][a-z0-9!#$&^_.+-]*)"
+)
+
+
+def _media_range(value: object, path: str, ctx: _Context) -> str:
+    text = _string(value).strip().lower()
+    if not _MEDIA_RANGE.fullmatch(text):
+        raise _BadValueError(
+            "expected a media type such as 'application/json', 'text/*' or"
+            f" 'application/*+json', got {_describe(value)}"
+        )
+    return text
+
+
+_COMPRESSION = _Section(
+    CompressionConfig,
+    {
+        "algorithms": _list_of(_choice("br", "zstd", "gzip"), "algorithm", check=_check_unique),
+        "min_size": _size_or_zero,
+        "levels": _Section(
+            CompressionLevels,
+            {"br": _level(0, 11), "zstd": _level(1, 22), "gzip": _level(1, 9)},
+        ),
+        "content_types": _list_of(_media_range, "media type", check=_check_unique),
+    },
+)
+
+
+def _compression(value: object, path: str, ctx: _Context) -> Any:
+    """A route's compression mapping (``enabled`` defaults to true); false or null for none."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return CompressionConfig()
+    enabled: Any = True
+    if isinstance(value, dict) and "enabled" in value:
+        enabled = _run(_boolean, value["enabled"], _key(path, "enabled"), ctx)
+        value = {k: v for k, v in value.items() if k != "enabled"}
+    config = _COMPRESSION(value, path, ctx)
+    if enabled is _INVALID or config is _INVALID:
+        return _INVALID
+    return config if enabled else None
+
+
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
@@ -1014,6 +1084,7 @@ _ROUTE = _Section(
         "strip_prefix": _boolean,
         "rate_limit": _rate_limit,
         "cache": _cache,
+        "compression": _compression,
     },
     finish=lambda kwargs, given, path, ctx: _finish_route(kwargs, given, ctx),
 )
@@ -1142,9 +1213,9 @@ def unit_fields() -> dict[tuple[type[Any], str], Literal["duration", "size"]]:
     seen: set[int] = set()
 
     def walk(convert: object, owner: tuple[type[Any], str] | None) -> None:
-        if convert is _duration or convert is _duration_or_zero or convert is _size:
+        if convert in (_duration, _duration_or_zero, _size, _size_or_zero):
             if owner is not None:
-                kinds[owner] = "size" if convert is _size else "duration"
+                kinds[owner] = "size" if convert in (_size, _size_or_zero) else "duration"
             return
         if id(convert) in seen:  # a converter shared by several fields, or a cycle
             return
@@ -1157,6 +1228,6 @@ def unit_fields() -> dict[tuple[type[Any], str], Literal["duration", "size"]]:
                 walk(cell.cell_contents, owner)
 
     # `_upstreams` and `_rate_limit` reach their sections as globals, not through closures.
-    for root in (_GATEWAY, _UPSTREAM, _RATE_LIMIT, _CACHE):
+    for root in (_GATEWAY, _UPSTREAM, _RATE_LIMIT, _CACHE, _COMPRESSION):
         walk(root, None)
     return kinds

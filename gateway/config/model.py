@@ -233,6 +233,46 @@ class CacheConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class CompressionLevels:
+    # Fit for dynamic content: most of the size gain for a fraction of the top levels' CPU
+    # (docs/performance.md). brotli 0-11, zstd 1-22, gzip 1-9.
+    br: int = 4
+    zstd: int = 3
+    gzip: int = 6
+
+
+# Media types worth compressing: text, and the structured formats sent as application/*.
+# `type/*` matches a whole type, `type/*+suffix` a structured-syntax suffix (RFC 6838 §4.2.8).
+DEFAULT_COMPRESSIBLE: Final = (
+    "text/*",
+    "application/json",
+    "application/*+json",
+    "application/x-ndjson",
+    "application/javascript",
+    "application/ecmascript",
+    "application/xml",
+    "application/*+xml",
+    "application/wasm",
+    "application/graphql-response+json",
+    "image/svg+xml",
+    "font/ttf",
+    "font/otf",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class CompressionConfig:
+    """A route's response compression. ``compression: {enabled: false}`` is none."""
+
+    # In the server's order of preference; the client's q-values come first.
+    algorithms: tuple[Literal["br", "zstd", "gzip"], ...] = ("br", "zstd", "gzip")
+    # Bodies of a known length below this go uncompressed.
+    min_size: int = 1 * KIB
+    levels: CompressionLevels = field(default_factory=CompressionLevels)
+    content_types: tuple[str, ...] = DEFAULT_COMPRESSIBLE
+
+
+@dataclass(frozen=True, slots=True)
 class CacheSettings:
     # The memory store's budget per worker process: bodies, fields and bookkeeping.
     max_bytes: int = 256 * MIB
@@ -255,6 +295,8 @@ class RouteConfig:
     rate_limit: RateLimitConfig | None = None
     # None: no response cache.
     cache: CacheConfig | None = None
+    # None: responses pass as the upstream encoded them.
+    compression: CompressionConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -59,6 +59,7 @@ class AccessLog:
         trace_id: str | None,
         rate_limit: str | None = None,
         cache: str | None = None,
+        compression: str | None = None,
     ) -> None:
         upstream_ms = "null" if upstream_seconds is None else f"{upstream_seconds * 1000:.3f}"
         write_line(
@@ -70,5 +71,6 @@ class AccessLog:
             f'"duration_ms": {duration * 1000:.3f}, "upstream_ms": {upstream_ms}, '
             f'"trace_id": {"null" if trace_id is None else _quote(trace_id)}, '
             f'"rate_limit": {"null" if rate_limit is None else _quote(rate_limit)}, '
-            f'"cache": {"null" if cache is None else _quote(cache)}}}'
+            f'"cache": {"null" if cache is None else _quote(cache)}, '
+            f'"compression": {"null" if compression is None else _quote(compression)}}}'
         )

@@ -123,6 +123,11 @@ CACHE_BYTES = Gauge(
     ["store"],
     multiprocess_mode="livesum",
 )
+COMPRESSION_BYTES = Counter(
+    "gateway_compression_bytes_total",
+    "Bytes through response compression by algorithm: stage=in before it, stage=out after.",
+    ["algorithm", "stage"],
+)
 UPSTREAM_CONNECTIONS = Gauge(
     "gateway_upstream_connections",
     "Pooled upstream connections by state (active, idle), sampled each second.",
@@ -197,6 +202,11 @@ def count_ratelimit_decisions(route: str, decision: str, count: int) -> None:
 
 def count_cache_requests(route: str, result: str, count: int) -> None:
     CACHE_REQUESTS.labels(route, result).inc(count)
+
+
+def count_compression_bytes(algorithm: str, raw: int, out: int) -> None:
+    COMPRESSION_BYTES.labels(algorithm, "in").inc(raw)
+    COMPRESSION_BYTES.labels(algorithm, "out").inc(out)
 
 
 def set_cache_size(store: str, entries: int, size: int) -> None:

@@ -50,6 +50,7 @@ class RequestMetrics:
 
     __slots__ = (
         "_cache_results",
+        "_compressed",
         "_durations",
         "_ratelimit_decisions",
         "_ratelimit_durations",
@@ -65,6 +66,8 @@ class RequestMetrics:
         self._upstream_errors: dict[tuple[str, str], int] = {}
         self._ratelimit_decisions: dict[tuple[str, str], int] = {}
         self._cache_results: dict[tuple[str, str], int] = {}
+        # algorithm -> [bytes in, bytes out]
+        self._compressed: dict[str, list[int]] = {}
         self._ratelimit_durations: dict[str, Observations] = {}
 
     def request_done(self, route: str, method: str, status: int, seconds: float) -> None:
@@ -99,6 +102,13 @@ class RequestMetrics:
         key = (route, result)
         self._cache_results[key] = self._cache_results.get(key, 0) + 1
 
+    def compressed(self, algorithm: str, raw: int, out: int) -> None:
+        sizes = self._compressed.get(algorithm)
+        if sizes is None:
+            sizes = self._compressed[algorithm] = [0, 0]
+        sizes[0] += raw
+        sizes[1] += out
+
     def flush(self) -> None:
         """Publish what was observed since the last flush."""
         requests, self._requests = self._requests, {}
@@ -120,6 +130,9 @@ class RequestMetrics:
         decisions, self._ratelimit_decisions = self._ratelimit_decisions, {}
         for (route, decision), count in decisions.items():
             metrics.count_ratelimit_decisions(route, decision, count)
+        compressed, self._compressed = self._compressed, {}
+        for algorithm, (raw, out) in compressed.items():
+            metrics.count_compression_bytes(algorithm, raw, out)
         results, self._cache_results = self._cache_results, {}
         for (route, result), count in results.items():
             metrics.count_cache_requests(route, result, count)
@@ -151,6 +164,9 @@ class DisabledRequestMetrics(RequestMetrics):
         return None
 
     def cache_result(self, route: str, result: str) -> None:
+        return None
+
+    def compressed(self, algorithm: str, raw: int, out: int) -> None:
         return None
 
     def flush(self) -> None:

@@ -274,7 +274,9 @@ async def test_stale_while_revalidate_answers_at_once_and_refreshes_once(
     def versioned(request: web.Request) -> web.Response:
         return web.Response(
             body=b"v%d" % version[0],
-            headers={"Cache-Control": "max-age=1, stale-while-revalidate=30"},
+            # Two seconds, not one: Date has a one-second resolution, so a response can be
+            # up to a second old on arrival (its apparent age, RFC 9111 §4.2.3).
+            headers={"Cache-Control": "max-age=2, stale-while-revalidate=30"},
         )
 
     recorder.answers["/s"] = versioned
@@ -283,7 +285,7 @@ async def test_stale_while_revalidate_answers_at_once_and_refreshes_once(
     version[0] = 2
     # The refresh takes a while upstream: answers that waited for it would be v2.
     recorder.delay = 0.3
-    await asyncio.sleep(1.2)
+    await asyncio.sleep(2.2)
     answers = await asyncio.gather(*(fetch(gateway, "/s") for _ in range(5)))
     # All answered with the stale body, and one background request refreshed it.
     assert {body for _, _, body in answers} == {b"v1"}

@@ -686,6 +686,7 @@ def test_redacted_view() -> None:
         "strip_prefix": False,
         "rate_limit": None,
         "cache": None,
+        "compression": None,
     }
     assert view["route_table"] == [
         {

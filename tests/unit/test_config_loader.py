@@ -26,6 +26,8 @@ from gateway.config.model import (
     AdminConfig,
     CacheConfig,
     CacheSettings,
+    CompressionConfig,
+    CompressionLevels,
     GatewayConfig,
     HeaderMatch,
     ListenAddress,
@@ -1374,6 +1376,12 @@ routes:
       tag_header: Surrogate-Key
       store_set_cookie: true
       revalidate_for: 1h
+    compression:
+      enabled: true
+      algorithms: [gzip, br]
+      min_size: 256B
+      levels: {br: 5, zstd: 6, gzip: 4}
+      content_types: [text/html, "application/*+json"]
 cache: {max_bytes: 64MiB}
 """
 
@@ -1453,6 +1461,12 @@ def _expected_every_key(ca_file: str) -> GatewayConfig:
                     store_set_cookie=True,
                     revalidate_for=3600.0,
                 ),
+                compression=CompressionConfig(
+                    algorithms=("gzip", "br"),
+                    min_size=256,
+                    levels=CompressionLevels(br=5, zstd=6, gzip=4),
+                    content_types=("text/html", "application/*+json"),
+                ),
             ),
         ),
         cache=CacheSettings(max_bytes=64 * MIB),
@@ -1471,6 +1485,8 @@ def _differs_from_defaults(value: object, default: object, where: str) -> list[s
         default = RateLimitConfig(rate=Rate(1, 1, "1/second"))
     if default is None and isinstance(value, CacheConfig):
         default = CacheConfig()
+    if default is None and isinstance(value, CompressionConfig):
+        default = CompressionConfig()
     if not is_dataclass(value) or isinstance(value, ListenAddress | Target | HeaderMatch | Rate):
         return [where] if value == default else []
     same = []
