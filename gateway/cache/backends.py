@@ -37,7 +37,8 @@ class CacheStores:
             else:
                 self.memory.resize(budget)
             store = self.memory
-        return CacheStage(route.name, cache, store, config.server.via_name.encode("ascii"))
+        codings = route.compression.algorithms if route.compression is not None else None
+        return CacheStage(route.name, cache, store, config.server.via_name.encode("ascii"), codings)
 
     def memory_size(self) -> tuple[int, int] | None:
         """(entries, bytes) of the memory store, None before a route uses it."""

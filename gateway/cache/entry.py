@@ -35,6 +35,7 @@ class CacheEntry:
 
     __slots__ = (
         "body",
+        "coding",
         "freshness",
         "headers",
         "key",
@@ -78,6 +79,13 @@ class CacheEntry:
         # The response allows answering requests with Authorization or Cookie (public,
         # s-maxage or must-revalidate: RFC 9111 §3.5).
         self.shared = shared
+        # Its content coding (lower-case), None for identity: only clients that accept it
+        # may get it.
+        self.coding: str | None = None
+        for name, value in headers:
+            if name.lower() == b"content-encoding":
+                coding = value.strip().lower().decode("latin-1")
+                self.coding = None if coding in ("", "identity") else coding
         self.size = (
             len(body)
             + len(key)

@@ -19,6 +19,7 @@ from typing import Final
 
 from gateway.cache.dates import parse_http_date
 from gateway.cache.directives import CacheControl
+from gateway.compression.negotiate import choose
 from gateway.messages import Headers
 
 # RFC 9110 §15.1: statuses cacheable by default (heuristically). 206 is left out (this cache
@@ -325,11 +326,21 @@ def normalised_value(request_headers: Headers, name: bytes) -> bytes | None:
     return combined.strip()
 
 
-def secondary_key(request_headers: Headers, names: tuple[bytes, ...]) -> bytes:
+def secondary_key(
+    request_headers: Headers, names: tuple[bytes, ...], codings: tuple[str, ...] | None = None
+) -> bytes:
     """The request's values of the selecting fields, one unambiguous byte string: a field
-    absent and a field present but empty differ."""
+    absent and a field present but empty differ.
+
+    With ``codings`` (the route compresses with these), Accept-Encoding counts by the coding
+    it negotiates, not as sent: browsers spell the same preference a dozen ways, and one
+    variant per spelling would fill the key's variants with copies (issue 7)."""
     parts = []
     for name in names:
+        if name == b"accept-encoding" and codings is not None:
+            values = field_values(request_headers, name)
+            parts.append(b"=" + choose(values, codings).encode("ascii"))
+            continue
         value = normalised_value(request_headers, name)
         parts.append(
             b"-" if value is None else b"+" + value.replace(b"\\", b"\\\\").replace(b"\n", b"\\n")

@@ -51,6 +51,7 @@ from gateway.cache.validators import (
     revalidation_fields,
 )
 from gateway.chain import Handler
+from gateway.compression.negotiate import accepts
 from gateway.config.model import CacheConfig
 from gateway.errors import BadGateway, GatewayError, GatewayTimeout, UpstreamBusy
 from gateway.messages import CompleteBody, Headers, ProxyRequest, ProxyResponse
@@ -89,6 +90,7 @@ class RequestFacts:
     """What the cache needs from a request's fields, found in one pass."""
 
     __slots__ = (
+        "accept_encoding",
         "cache_control",
         "conditional",
         "credentials",
@@ -104,9 +106,12 @@ class RequestFacts:
         self.credentials = False
         self.ranged = False
         self.overrides = False
+        self.accept_encoding: list[bytes] = []
         for name, value in headers:
             lname = name.lower()
-            if lname in _OVERRIDES:
+            if lname == b"accept-encoding":
+                self.accept_encoding.append(value)
+            elif lname in _OVERRIDES:
                 self.overrides = True
             elif lname == b"cache-control":
                 cache_control.append(value)
@@ -127,6 +132,7 @@ class RequestFacts:
 
 class CacheStage:
     __slots__ = (
+        "_codings",
         "_flights",
         "_max_object_size",
         "_name",
@@ -141,8 +147,18 @@ class CacheStage:
         "_tasks",
     )
 
-    def __init__(self, route: str, config: CacheConfig, store: CacheStore, name: bytes) -> None:
+    def __init__(
+        self,
+        route: str,
+        config: CacheConfig,
+        store: CacheStore,
+        name: bytes,
+        codings: tuple[str, ...] | None = None,
+    ) -> None:
         self._route = route
+        # The route's compression algorithms: Accept-Encoding keys variants by the coding
+        # it negotiates (`secondary_key`). None without compression.
+        self._codings = codings
         self._store = store
         # The cache's name in Cache-Status (RFC 9211 §2): the gateway's Via name.
         self._name = name
@@ -176,7 +192,7 @@ class CacheStage:
             return await call_next(request)
         key = primary_key(request)
         variants = await self._store.variants(key)
-        entry = _select(variants, request.headers, facts)
+        entry = _select(variants, request.headers, facts, self._codings)
         now = time.time()
         control = facts.cache_control
         if entry is not None:
@@ -265,7 +281,7 @@ class CacheStage:
                 stored = await asyncio.wait_for(asyncio.shield(flight), COALESCE_WAIT)
             except TimeoutError:
                 stored = None
-            if stored is not None and _matches(stored, request.headers, facts):
+            if stored is not None and _matches(stored, request.headers, facts, self._codings):
                 return self._answer(
                     request, stored, time.time(), "coalesced", b"hit; detail=coalesced"
                 )
@@ -353,7 +369,7 @@ class CacheStage:
             body=b"",
             freshness=freshness,
             vary=vary,
-            secondary=secondary_key(request.headers, vary) if vary else b"",
+            secondary=secondary_key(request.headers, vary, self._codings) if vary else b"",
             tags=_tags(headers, self._tag_header),
             shared=allows_credentials(response_cc),
         )
@@ -552,15 +568,22 @@ class CacheStage:
         self._tasks.clear()
 
 
-def _select(variants: list[CacheEntry], headers: Headers, facts: RequestFacts) -> CacheEntry | None:
+def _select(
+    variants: list[CacheEntry],
+    headers: Headers,
+    facts: RequestFacts,
+    codings: tuple[str, ...] | None,
+) -> CacheEntry | None:
     """The newest stored response whose Vary fields match the request (RFC 9111 §4.1)."""
     for entry in variants:
-        if _matches(entry, headers, facts):
+        if _matches(entry, headers, facts, codings):
             return entry
     return None
 
 
-def _matches(entry: CacheEntry, headers: Headers, facts: RequestFacts) -> bool:
+def _matches(
+    entry: CacheEntry, headers: Headers, facts: RequestFacts, codings: tuple[str, ...] | None
+) -> bool:
     # RFC 9111 §3.5: not for a request with Authorization unless the response allowed it; the
     # same for Cookie (HARDENING.md §C), unless the response varies on it.
     if (
@@ -569,9 +592,13 @@ def _matches(entry: CacheEntry, headers: Headers, facts: RequestFacts) -> bool:
         and (b"cookie" not in entry.vary or any(k.lower() == b"authorization" for k, _ in headers))
     ):
         return False
+    # An encoded body only for a client that said it accepts that coding (whatever the
+    # upstream's Vary said).
+    if entry.coding is not None and not accepts(facts.accept_encoding, entry.coding):
+        return False
     if not entry.vary:
         return True
-    return secondary_key(headers, entry.vary) == entry.secondary
+    return secondary_key(headers, entry.vary, codings) == entry.secondary
 
 
 def _stored_fields(headers: Headers, dropped: tuple[bytes, ...]) -> Headers:

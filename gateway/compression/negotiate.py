@@ -83,6 +83,14 @@ def choose(values: list[bytes], algorithms: tuple[str, ...]) -> str:
     return best
 
 
+def accepts(values: list[bytes], coding: str) -> bool:
+    """Whether a client with these Accept-Encoding values said it takes ``coding`` (named or
+    through ``*``, with a q above 0). Without the field, no: a client that sent none may not
+    decode anything (curl without --compressed)."""
+    weights = accepted(values)
+    return weights.get(coding, weights.get("*", 0.0)) > 0
+
+
 def identity_refused(values: list[bytes]) -> bool:
     """Whether the client refused an uncompressed answer (``identity;q=0`` or ``*;q=0``)."""
     weights = accepted(values)

@@ -13,7 +13,7 @@ from aiohttp import web
 from multidict import CIMultiDict
 
 from gateway.app import RunningGateway, start
-from gateway.config.model import CompressionConfig, RouteConfig
+from gateway.config.model import CacheConfig, CompressionConfig, RouteConfig
 from tests.harness import LOCAL, gateway_config, upstream_to
 from tests.integration.cache_origin import Origin
 
@@ -139,3 +139,85 @@ async def test_an_upstream_gzip_body_passes_byte_for_byte(
     _, headers, body = await get(gateway, "/g", Accept_Encoding="br, gzip")
     assert headers["Content-Encoding"] == "gzip"
     assert body == upstream_gzip
+
+
+async def cached_and_compressing(gateways: list[RunningGateway], port: int) -> RunningGateway:
+    route = RouteConfig(
+        name="api", upstream="origin", cache=CacheConfig(), compression=CompressionConfig()
+    )
+    gateway = await start(gateway_config([upstream_to("origin", port)], [route]))
+    gateways.append(gateway)
+    return gateway
+
+
+async def test_the_cache_keeps_one_variant_per_negotiated_coding(
+    origin: tuple[Origin, int], gateways: list[RunningGateway]
+) -> None:
+    recorder, port = origin
+    recorder.answers["/c"] = answer(ETag='"v1"', Cache_Control="max-age=60")
+    gateway = await cached_and_compressing(gateways, port)
+    spellings = [
+        ("gzip, deflate, br, zstd", "br"),  # a browser
+        ("br, gzip", "br"),  # another spelling of the same choice: the same variant
+        ("BR;q=1.0, gzip;q=0.5", "br"),
+        ("gzip", "gzip"),
+        ("gzip, deflate", "gzip"),
+        (None, None),  # no field: identity
+    ]
+    for accept, coding in spellings:
+        headers = {} if accept is None else {"Accept_Encoding": accept}
+        status, fields, body = await get(gateway, "/c", Host="api.example.com", **headers)
+        assert status == 200
+        assert fields.get("Content-Encoding") == coding
+        assert decode(coding, body) == JSON
+    # br, gzip and identity: three upstream requests for six clients.
+    assert recorder.hits("/c") == 3
+    # A hit on a compressed variant costs no compression: no bytes go through an encoder.
+    gateway.flush_metrics()
+    before = _compressed("br")
+    _, fields, body = await get(gateway, "/c", Host="api.example.com", Accept_Encoding="br")
+    gateway.flush_metrics()
+    assert fields["Cache-Status"].startswith("gateway; hit")
+    assert fields["Content-Encoding"] == "br"
+    assert decode("br", body) == JSON
+    assert _compressed("br") == before
+    assert before > 0  # the miss that stored it was counted
+
+
+def _compressed(algorithm: str) -> float:
+    from prometheus_client import REGISTRY
+
+    labels = {"algorithm": algorithm, "stage": "in"}
+    return REGISTRY.get_sample_value("gateway_compression_bytes_total", labels) or 0.0
+
+
+async def test_a_weak_etag_of_a_compressed_variant_gets_304(
+    origin: tuple[Origin, int], gateways: list[RunningGateway]
+) -> None:
+    recorder, port = origin
+    recorder.answers["/e"] = answer(ETag='"v1"', Cache_Control="max-age=60")
+    gateway = await cached_and_compressing(gateways, port)
+    _, fields, _ = await get(gateway, "/e", Accept_Encoding="gzip")
+    assert fields["ETag"] == 'W/"v1"'
+    status, fields, body = await get(gateway, "/e", Accept_Encoding="gzip", If_None_Match='W/"v1"')
+    assert (status, body) == (304, b"")
+    assert fields["ETag"] == 'W/"v1"'
+
+
+async def test_an_encoded_entry_never_reaches_a_client_that_does_not_accept_it(
+    origin: tuple[Origin, int], gateways: list[RunningGateway]
+) -> None:
+    recorder, port = origin
+    # An upstream that gzips without saying Vary: Accept-Encoding.
+    recorder.answers["/z"] = answer(
+        gzip.compress(JSON), Content_Encoding="gzip", Cache_Control="max-age=60"
+    )
+    gateway = await cached_and_compressing(gateways, port)
+    await get(gateway, "/z", Accept_Encoding="gzip")
+    _, fields, _ = await get(gateway, "/z", Accept_Encoding="gzip")
+    assert fields["Cache-Status"].startswith("gateway; hit")
+    # A client that takes only br, or nothing, is not handed the stored gzip body.
+    _, fields, _ = await get(gateway, "/z", Accept_Encoding="br")
+    assert not fields["Cache-Status"].startswith("gateway; hit")
+    _, fields, _ = await get(gateway, "/z")
+    assert not fields["Cache-Status"].startswith("gateway; hit")

@@ -393,3 +393,20 @@ def test_different_values_never_share_a_secondary_key(first: Headers, second: He
 def test_invalidated_uris(method: str, status: int, location: str, expected: list[bytes]) -> None:
     headers = fields(("Location", location), ("Content-Location", location))
     assert invalidated_uris(method, status, headers, b"api.example.com") == expected
+
+
+def test_accept_encoding_keys_by_the_negotiated_coding_when_the_route_compresses() -> None:
+    names = (b"accept-encoding",)
+    codings = ("br", "zstd", "gzip")
+
+    def key(value: str | None) -> bytes:
+        headers = [] if value is None else fields(("Accept-Encoding", value))
+        return secondary_key(headers, names, codings)
+
+    assert key("gzip, deflate, br") == key("br;q=1, gzip;q=0.5") == key("*")
+    assert key("gzip") == key("gzip, deflate") != key("br")
+    assert key(None) == key("deflate") != key("gzip")
+    # Without compression the field counts as sent (normalised).
+    assert secondary_key(fields(("Accept-Encoding", "gzip, br")), names) != secondary_key(
+        fields(("Accept-Encoding", "br")), names
+    )

@@ -6,7 +6,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.compression.negotiate import IDENTITY, accepted, choose, identity_refused, parse_qvalue
+from gateway.compression.negotiate import (
+    IDENTITY,
+    accepted,
+    accepts,
+    choose,
+    identity_refused,
+    parse_qvalue,
+)
 
 SERVER = ("br", "zstd", "gzip")
 
@@ -131,3 +138,18 @@ def test_the_choice_is_acceptable_and_never_beaten(
 @given(st.binary(max_size=200))
 def test_any_bytes_parse(value: bytes) -> None:
     choose([value], SERVER)
+
+
+@pytest.mark.parametrize(
+    ("values", "coding", "expected"),
+    [
+        ([b"gzip, br"], "gzip", True),
+        ([b"br"], "gzip", False),
+        ([b"*"], "gzip", True),
+        ([b"gzip;q=0, *"], "gzip", False),
+        ([b"x-gzip"], "gzip", True),
+        ([], "gzip", False),  # no field: never assume the client decodes anything
+    ],
+)
+def test_accepts(values: list[bytes], coding: str, expected: bool) -> None:
+    assert accepts(values, coding) is expected
