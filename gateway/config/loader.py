@@ -735,15 +735,20 @@ def _key_part(value: object, path: str, ctx: _Context) -> str:
     )
 
 
-def _check_key_parts(parts: list[tuple[int, str]], path: str, ctx: _Context) -> None:
-    first: dict[str, int] = {}
-    for index, part in parts:
-        if part in first:
-            ctx.problem(f"{path}[{index}]", f"duplicate key part {part!r}")
-        first.setdefault(part, index)
+def _no_duplicates(what: str) -> Callable[[list[tuple[int, Any]], str, _Context], None]:
+    """A `_list_of` check naming each item that repeats an earlier one."""
+
+    def check(items: list[tuple[int, Any]], path: str, ctx: _Context) -> None:
+        first: dict[Any, int] = {}
+        for index, item in items:
+            if item in first:
+                ctx.problem(f"{path}[{index}]", f"duplicate {what}{item!r}")
+            first.setdefault(item, index)
+
+    return check
 
 
-_key_list = _list_of(_key_part, "key part", check=_check_key_parts)
+_key_list = _list_of(_key_part, "key part", check=_no_duplicates("key part "))
 # A sliding window packs two counts in one float of the shared table, below 2**26 each
 # (gateway.ratelimit.policy.MAX_SLIDING_LIMIT).
 _MAX_SLIDING_LIMIT = (1 << 26) - 1
@@ -847,29 +852,29 @@ _CACHE = _Section(
 )
 
 
-def _cache(value: object, path: str, ctx: _Context) -> Any:
-    """A route's cache mapping (``enabled`` defaults to true); false or null for none."""
-    if value is None or value is False:
-        return None
-    if value is True:
-        return CacheConfig()
-    enabled: Any = True
-    if isinstance(value, dict) and "enabled" in value:
-        enabled = _run(_boolean, value["enabled"], _key(path, "enabled"), ctx)
-        value = {k: v for k, v in value.items() if k != "enabled"}
-    # A disabled block is validated all the same: a typo in it is still a typo.
-    config = _CACHE(value, path, ctx)
-    if enabled is _INVALID or config is _INVALID:
-        return _INVALID
-    return config if enabled else None
+def _feature(section: _Section, default: Callable[[], Any]) -> Converter:
+    """A route's feature block (cache, compression): a mapping whose ``enabled`` defaults to
+    true, true for the defaults, false or null for none."""
+
+    def convert(value: object, path: str, ctx: _Context) -> Any:
+        if value is None or value is False:
+            return None
+        if value is True:
+            return default()
+        enabled: Any = True
+        if isinstance(value, dict) and "enabled" in value:
+            enabled = _run(_boolean, value["enabled"], _key(path, "enabled"), ctx)
+            value = {k: v for k, v in value.items() if k != "enabled"}
+        # A disabled block is validated all the same: a typo in it is still a typo.
+        config = section(value, path, ctx)
+        if enabled is _INVALID or config is _INVALID:
+            return _INVALID
+        return config if enabled else None
+
+    return convert
 
 
-def _check_unique(items: list[tuple[int, str]], path: str, ctx: _Context) -> None:
-    first: dict[str, int] = {}
-    for index, item in items:
-        if item in first:
-            ctx.problem(f"{path}[{index}]", f"duplicate {item!r}")
-        first.setdefault(item, index)
+_cache = _feature(_CACHE, CacheConfig)
 
 
 def _level(low: int, high: int) -> Converter:
@@ -903,31 +908,20 @@ def _media_range(value: object, path: str, ctx: _Context) -> str:
 _COMPRESSION = _Section(
     CompressionConfig,
     {
-        "algorithms": _list_of(_choice("br", "zstd", "gzip"), "algorithm", check=_check_unique),
+        "algorithms": _list_of(
+            _choice("br", "zstd", "gzip"), "algorithm", check=_no_duplicates("")
+        ),
         "min_size": _size_or_zero,
         "levels": _Section(
             CompressionLevels,
             {"br": _level(0, 11), "zstd": _level(1, 22), "gzip": _level(1, 9)},
         ),
-        "content_types": _list_of(_media_range, "media type", check=_check_unique),
+        "content_types": _list_of(_media_range, "media type", check=_no_duplicates("")),
     },
 )
 
 
-def _compression(value: object, path: str, ctx: _Context) -> Any:
-    """A route's compression mapping (``enabled`` defaults to true); false or null for none."""
-    if value is None or value is False:
-        return None
-    if value is True:
-        return CompressionConfig()
-    enabled: Any = True
-    if isinstance(value, dict) and "enabled" in value:
-        enabled = _run(_boolean, value["enabled"], _key(path, "enabled"), ctx)
-        value = {k: v for k, v in value.items() if k != "enabled"}
-    config = _COMPRESSION(value, path, ctx)
-    if enabled is _INVALID or config is _INVALID:
-        return _INVALID
-    return config if enabled else None
+_compression = _feature(_COMPRESSION, CompressionConfig)
 
 
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
