@@ -94,6 +94,28 @@ class CacheEntry:
             + OVERHEAD
         )
 
+    def but(
+        self,
+        *,
+        headers: Headers | None = None,
+        body: bytes | None = None,
+        freshness: Freshness | None = None,
+        shared: bool | None = None,
+    ) -> CacheEntry:
+        """A copy of this entry with the given parts replaced."""
+        return CacheEntry(
+            key=self.key,
+            status=self.status,
+            reason=self.reason,
+            headers=self.headers if headers is None else headers,
+            body=self.body if body is None else body,
+            freshness=self.freshness if freshness is None else freshness,
+            vary=self.vary,
+            secondary=self.secondary,
+            tags=self.tags,
+            shared=self.shared if shared is None else shared,
+        )
+
     def header(self, name: bytes) -> bytes | None:
         """The first value of the stored field ``name`` (lower-case)."""
         for field_name, value in self.headers:

@@ -28,7 +28,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Final
 
-from gateway.cache.directives import CacheControl
+from gateway.cache.directives import CacheControl, cache_control
 from gateway.cache.entry import CacheEntry
 from gateway.cache.keys import authority_port, origin, primary_key
 from gateway.cache.policy import (
@@ -326,7 +326,7 @@ class CacheStage:
     ) -> ProxyResponse:
         response_time = time.time()
         headers = response.headers
-        response_cc = CacheControl.parse([v for k, v in headers if k.lower() == b"cache-control"])
+        response_cc = cache_control(headers)
         why_not = storable(
             "GET",
             response.status,
@@ -341,15 +341,8 @@ class CacheStage:
             why_not = "too-large"
         freshness = None
         if why_not is None:
-            freshness = Freshness.of(
-                response.status,
-                headers,
-                response_cc=response_cc,
-                request_time=request_time,
-                response_time=response_time,
-                options=self._options,
-                default_swr=self._swr,
-                default_sie=self._sie,
+            freshness = self._freshness(
+                response.status, headers, response_cc, request_time, response_time
             )
             if self._ttl(freshness, headers) <= 0:
                 why_not = "stale"
@@ -415,20 +408,40 @@ class CacheStage:
         template: CacheEntry,
         body: bytes,
     ) -> None:
-        entry = CacheEntry(
-            key=key,
-            status=template.status,
-            reason=template.reason,
-            headers=template.headers,
-            body=body,
-            freshness=template.freshness,
-            vary=template.vary,
-            secondary=template.secondary,
-            tags=template.tags,
-            shared=template.shared,
-        )
+        entry = template.but(body=body)
         self._land(key, flight, entry)
         self._spawn(self._put(entry))
+
+    def _freshness(
+        self,
+        status: int,
+        headers: Headers,
+        control: CacheControl,
+        request_time: float,
+        response_time: float,
+    ) -> Freshness:
+        """A response's freshness under this route's options and stale windows."""
+        return Freshness.of(
+            status,
+            headers,
+            response_cc=control,
+            request_time=request_time,
+            response_time=response_time,
+            options=self._options,
+            default_swr=self._swr,
+            default_sie=self._sie,
+        )
+
+    def _refreshed(
+        self, entry: CacheEntry, update: Headers, request_time: float, response_time: float
+    ) -> CacheEntry:
+        """``entry`` with the fields of a 304 and a new freshness (RFC 9111 §3.2, §4.3.4)."""
+        headers = refreshed_fields(
+            entry.headers, [(k, v) for k, v in update if k.lower() not in _NOT_STORED]
+        )
+        control = cache_control(headers)
+        freshness = self._freshness(entry.status, headers, control, request_time, response_time)
+        return entry.but(headers=headers, freshness=freshness, shared=allows_credentials(control))
 
     async def _put(self, entry: CacheEntry) -> None:
         await self._store.put(entry, self._ttl(entry.freshness, entry.headers))
@@ -475,7 +488,7 @@ class CacheStage:
         now = time.time()
         if response.status == 304 and validators:
             await _discard(response)
-            refreshed = _refreshed(entry, response.headers, request_time, now, self)
+            refreshed = self._refreshed(entry, response.headers, request_time, now)
             self._spawn(self._put(refreshed))
             return self._answer(
                 request, refreshed, now, "revalidated", b"hit; fwd=stale; fwd-status=304"
@@ -515,7 +528,7 @@ class CacheStage:
                 if response.status == 304 and validators:
                     await _discard(response)
                     await self._put(
-                        _refreshed(entry, response.headers, request_time, time.time(), self)
+                        self._refreshed(entry, response.headers, request_time, time.time())
                     )
                     return
                 kept = self._keep(
@@ -614,38 +627,6 @@ def _tags(headers: Headers, name: bytes) -> tuple[bytes, ...]:
                 if tag not in tags and len(tag) <= 255:
                     tags.append(tag)
     return tuple(tags[:64])
-
-
-def _refreshed(
-    entry: CacheEntry, update: Headers, request_time: float, response_time: float, stage: CacheStage
-) -> CacheEntry:
-    """``entry`` with the fields of a 304 and a new freshness (RFC 9111 §3.2, §4.3.4)."""
-    headers = refreshed_fields(
-        entry.headers, [(k, v) for k, v in update if k.lower() not in _NOT_STORED]
-    )
-    control = CacheControl.parse([v for k, v in headers if k.lower() == b"cache-control"])
-    freshness = Freshness.of(
-        entry.status,
-        headers,
-        response_cc=control,
-        request_time=request_time,
-        response_time=response_time,
-        options=stage._options,
-        default_swr=stage._swr,
-        default_sie=stage._sie,
-    )
-    return CacheEntry(
-        key=entry.key,
-        status=entry.status,
-        reason=entry.reason,
-        headers=headers,
-        body=entry.body,
-        freshness=freshness,
-        vary=entry.vary,
-        secondary=entry.secondary,
-        tags=entry.tags,
-        shared=allows_credentials(control),
-    )
 
 
 def _with_fields(request: ProxyRequest, validators: Headers) -> ProxyRequest:
