@@ -15,10 +15,10 @@ import os
 from setuptools import setup
 
 # The request path: parsing, edge checks, routing, header rules, the upstream transport, the relay,
-# the rate limiter, the cache (not its Redis store, for the reason below). Not the errors.py
-# modules (gateway/, ratelimit/, redisproto/): mypyc's native classes keep no class-level defaults
-# for subclasses to override, which the error classes rely on (close_connection, status, code), and
-# it cannot compile subclasses of built-in exceptions.
+# the rate limiter, the cache (not its Redis store, for the reason below), compression. Not the
+# errors.py modules (gateway/, ratelimit/, redisproto/): mypyc's native classes keep no
+# class-level defaults for subclasses to override, which the error classes rely on
+# (close_connection, status, code), and it cannot compile subclasses of built-in exceptions.
 # Not gateway/ratelimit/redis_backend.py: compiled, in a worker process the NOSCRIPT error reply
 # escaped its `except RedisError` (and the stage's `except Exception`), its traceback growing from
 # request to request, and a decision took ~5 ms instead of ~0.3 ms; called directly, compiled, it
@@ -33,6 +33,10 @@ COMPILED = [
     "gateway/cache/stage.py",
     "gateway/cache/validators.py",
     "gateway/chain.py",
+    "gateway/compression/codecs.py",
+    "gateway/compression/negotiate.py",
+    "gateway/compression/rules.py",
+    "gateway/compression/stage.py",
     "gateway/downstream/body.py",
     "gateway/downstream/connection.py",
     "gateway/downstream/writer.py",

@@ -11,6 +11,7 @@ import asyncio
 from time import perf_counter
 
 from gateway import headers as header_rules
+from gateway.compression.codecs import EncodedBody
 from gateway.downstream.body import RequestBody
 from gateway.downstream.connection import (
     ClientConnection,
@@ -142,6 +143,36 @@ class Dispatcher:
         body = upstream.body
         length = upstream.content_length
         http_11 = head.version == (1, 1)
+        # What of the body is already at hand leaves with the head, in one send: all of it for
+        # a small response (no iteration then), else the first chunk, else nothing so that the
+        # client sees the head of a slow response at once.
+        first = b""
+        more = body is not None
+        try:
+            if isinstance(body, CompleteBody):
+                first, more = body.take_complete(), False
+            elif isinstance(body, (ResponseBody, EncodedBody)):
+                whole = body.take_complete()
+                if whole is not None:
+                    first, more = whole, False
+                    # A body compressed here whole is framed by its length (the upstream's
+                    # framing is per hop, RFC 9112 §6.1, and its length is gone): no chunk
+                    # framing, and keep-alive for HTTP/1.0 clients.
+                    if isinstance(body, EncodedBody):
+                        length = len(first)
+                elif body.ready():
+                    try:
+                        first = await body.__anext__()
+                    except StopAsyncIteration:
+                        more = False
+        except (UpstreamAborted, GatewayError):
+            # As below once the head is out: the status is already logged as the upstream's.
+            if upstream.upstream is not None:
+                self.metrics.upstream_failed(upstream.upstream, "aborted")
+            conn.abort()
+            if upstream.release is not None:
+                await upstream.release()
+            return 0
         chunked = body is not None and length is None and http_11
         if body is not None and length is None and not http_11:
             # RFC 9112 §6.3: a body of unknown length to an HTTP/1.0 client (no chunked
@@ -162,22 +193,6 @@ class Dispatcher:
             if body is None:
                 conn.write(data)
                 return 0
-            # What of the body is already at hand leaves with the head, in one send: all of it
-            # for a small response (no iteration then), else the first chunk, else nothing so
-            # that the client sees the head of a slow response at once.
-            first = b""
-            more = True
-            if isinstance(body, CompleteBody):
-                first, more = body.take_complete(), False
-            elif isinstance(body, ResponseBody):
-                whole = body.take_complete()
-                if whole is not None:
-                    first, more = whole, False
-                elif body.ready():
-                    try:
-                        first = await body.__anext__()
-                    except StopAsyncIteration:
-                        more = False
             parts = [data]
             if first:
                 parts.extend(chunk(first) if chunked else (first,))

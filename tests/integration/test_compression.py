@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 from collections.abc import Callable
 
@@ -83,11 +84,38 @@ async def test_negotiated_codings_round_trip(
     status, headers, body = await get(gateway, "/j", Accept_Encoding=accept)
     assert status == 200
     assert headers["Content-Encoding"] == coding
-    assert "Content-Length" not in headers
+    # The upstream's length is gone; the whole encoded body is framed by its own.
+    assert headers["Content-Length"] == str(len(body))
+    assert "Transfer-Encoding" not in headers
     assert headers["Vary"] == "Accept-Encoding"
     assert headers["ETag"] == 'W/"v1"'
     assert decode(coding, body) == JSON
     assert len(body) < len(JSON) / 4
+
+
+async def test_a_whole_body_leaves_in_one_send_and_keeps_http10_alive(
+    origin: tuple[Origin, int], gateways: list[RunningGateway]
+) -> None:
+    """The upstream's body arrived whole: the encoded body goes with the head in one send,
+    framed by its length, so an HTTP/1.0 client keeps its connection."""
+    recorder, port = origin
+    recorder.answers["/j"] = answer()
+    gateway = await compressing(gateways, port, algorithms=("gzip",))
+    reader, writer = await asyncio.open_connection(LOCAL, gateway.address[1])
+    try:
+        for _ in range(2):
+            writer.write(
+                b"GET /j HTTP/1.0\r\nHost: a\r\nConnection: keep-alive\r\n"
+                b"Accept-Encoding: gzip\r\n\r\n"
+            )
+            head = await reader.readuntil(b"\r\n\r\n")
+            fields = dict(line.split(b": ", 1) for line in head.split(b"\r\n")[1:] if b": " in line)
+            assert fields[b"Content-Encoding"] == b"gzip"
+            assert fields[b"Connection"] == b"keep-alive"
+            body = await reader.readexactly(int(fields[b"Content-Length"]))
+            assert gzip.decompress(body) == JSON
+    finally:
+        writer.close()
 
 
 async def test_identity_answers_carry_vary_too(

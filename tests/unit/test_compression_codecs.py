@@ -21,6 +21,7 @@ from gateway.compression.codecs import (
     EncodedBody,
     encoder,
 )
+from gateway.upstream.response import ResponseBody
 
 
 def decode(algorithm: str, data: bytes) -> bytes:
@@ -106,3 +107,92 @@ async def test_large_chunks_are_encoded_off_the_loop_and_still_round_trip(algori
 def test_any_chunks_round_trip(algorithm: str, parts: list[bytes], flush: bool) -> None:
     encoded = b"".join(asyncio.run(encode_all(algorithm, parts, flush=flush)))
     assert decode(algorithm, encoded) == b"".join(parts)
+
+
+class HeldChunks:
+    """A BodySource whose first ``at_hand`` chunks have arrived; the rest are still to come.
+
+    With ``at_hand`` equal to the number of chunks, the whole body has arrived.
+    """
+
+    peak_buffered = 0
+
+    def __init__(self, parts: list[bytes], at_hand: int) -> None:
+        self.parts = list(parts)
+        self.at_hand = at_hand
+        self.reads = 0
+
+    async def read_chunk(self, body: ResponseBody) -> bytes:
+        self.reads += 1
+        if not self.parts:
+            body.detach(ended=True)
+            raise StopAsyncIteration
+        self.at_hand = max(self.at_hand - 1, 0)
+        return self.parts.pop(0)
+
+    def chunk_ready(self) -> bool:
+        return self.at_hand > 0 or (not self.parts and self.at_hand >= 0)
+
+    def take_complete(self, body: ResponseBody) -> bytes | None:
+        if self.at_hand < len(self.parts):
+            return None
+        whole, self.parts = b"".join(self.parts), []
+        body.detach(ended=True)
+        return whole
+
+    async def release(self, body: ResponseBody) -> None:
+        body.detach(ended=not self.parts)
+
+
+def encoded_body(parts: list[bytes], at_hand: int, *, flush: bool = False) -> EncodedBody:
+    source = HeldChunks(parts, at_hand)
+    return EncodedBody(
+        ResponseBody(source), encoder("gzip", 6), flush=flush, on_bytes=lambda raw, out: None
+    )
+
+
+async def test_a_body_that_arrived_whole_is_encoded_whole_at_once() -> None:
+    parts = [b'{"id": %d}' % i * 50 for i in range(4)]
+    body = encoded_body(parts, at_hand=4)
+    whole = body.take_complete()
+    assert whole is not None
+    assert gzip.decompress(whole) == b"".join(parts)
+    assert [piece async for piece in body] == []
+
+
+async def test_a_large_whole_body_is_left_to_iteration_off_the_loop() -> None:
+    data = os.urandom(500) * (OFFLOAD_SIZE // 500 + 1)
+    body = encoded_body([data], at_hand=1)
+    assert body.take_complete() is None
+    pieces = [piece async for piece in body]
+    assert len(pieces) == 1
+    assert gzip.decompress(pieces[0]) == data
+
+
+async def test_a_body_still_arriving_is_not_taken_whole() -> None:
+    parts = [b"a" * 100, b"b" * 100]
+    body = encoded_body(parts, at_hand=1)
+    assert body.take_complete() is None
+    assert gzip.decompress(b"".join([piece async for piece in body])) == b"".join(parts)
+
+
+async def test_chunks_at_hand_are_sent_together_unless_flushed() -> None:
+    parts = [b'{"id": %d}' % i * 50 for i in range(4)]
+    together = [piece async for piece in encoded_body(parts, at_hand=4)]
+    # One send for all of it: no 10-byte gzip header on its own, no lone trailer.
+    assert len(together) == 1
+    assert gzip.decompress(together[0]) == b"".join(parts)
+    flushed = [piece async for piece in encoded_body(parts, at_hand=4, flush=True)]
+    assert len(flushed) == len(parts) + 1  # each chunk readable as it comes, then the trailer
+    assert gzip.decompress(b"".join(flushed)) == b"".join(parts)
+
+
+async def test_what_is_encoded_leaves_when_the_next_chunk_must_be_waited_for() -> None:
+    parts = [os.urandom(20_000), os.urandom(20_000)]
+    body = encoded_body(parts, at_hand=1)
+    first = await body.__anext__()
+    # Random bytes do not compress: the first chunk's output is there, and it is not held
+    # back while the second chunk is awaited.
+    assert len(first) > 10_000
+    rest = b"".join([piece async for piece in body])
+    assert gzip.decompress(first + rest) == b"".join(parts)
