@@ -44,6 +44,11 @@ Cache (`--cache`, on by default), on fresh processes: hits of the small GET's bo
 `proxy_cache` and from the gateway's memory and Redis cache stores (`loadtests/cache_bench.py`),
 with each one's ratio to nginx.
 
+Compression (`--compression`, on by default), on fresh processes: 32 KiB of JSON compressed
+with gzip 6 by nginx (`gzip on`) and by the gateway, each with and without its cache, asked for
+gzip and for identity (`loadtests/compression_bench.py`): the gateway's ratio to nginx, and
+compressed cache hits against identity hits.
+
 Scaling (`--scaling`, on by default; `--no-scaling` skips it), last, on fresh processes: the
 `small` scenario against nginx with `worker_processes 1` and `2` and against the gateway with
 `workers: 1` and `2` (those of `--targets` that are nginx or the gateway), all four in every round,
@@ -92,9 +97,11 @@ from typing import Any
 from urllib.request import Request, urlopen
 
 import cache_bench
+import compression_bench
 from features import add_ratios, print_features, start_feature_gateways
 from targets import (
     BODY,
+    JSON_PATH,
     WrkResult,
     cpu_seconds,
     ensure_tools,
@@ -395,6 +402,38 @@ def run_cache(
     return cache_bench.add_ratios(outcome)
 
 
+def run_compression(
+    workdir: Path, upstreams: tuple[int, int], args: argparse.Namespace
+) -> dict[str, Any]:
+    """gzip against nginx's, and compressed cache hits (loadtests/compression_bench.py)."""
+    processes: list[subprocess.Popen[bytes]] = []
+    script = workdir / "gzip.lua"
+    script.write_text(compression_bench.GZIP_SCRIPT)
+    try:
+        started = compression_bench.start_compression_targets(
+            workdir, upstreams, args.gateway_build, processes
+        )
+        gzip_bytes = {
+            label: compression_bench.check_answers(label, port, compression_bench.TARGETS[label])
+            for label, port, _ in started
+        }
+        targets = [Target(label, port, pids) for label, port, pids in started]
+        scenario = Scenario(compression_bench.TITLE, JSON_PATH, 50)
+        outcome = {
+            coding: run_scenario(
+                scenario,
+                targets,
+                rounds=args.rounds,
+                duration=args.duration,
+                script=script if coding == "gzip" else None,
+            )
+            for coding in compression_bench.CODINGS
+        }
+    finally:
+        stop(processes)
+    return {"gzip_bytes": gzip_bytes, "runs": compression_bench.add_ratios(outcome)}
+
+
 def _optional(value: float | None, width: int) -> str:
     return f"{'-':>{width}}" if value is None else f"{value:{width}.3f}"
 
@@ -589,6 +628,13 @@ def parse_args() -> argparse.Namespace:
         "(loadtests/cache_bench.py; default on; needs redis-server)",
     )
     parser.add_argument(
+        "--compression",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="32 KiB JSON compressed with gzip 6 by the gateway and by nginx, with and without "
+        "their caches (loadtests/compression_bench.py; default on)",
+    )
+    parser.add_argument(
         "--scaling-threads",
         type=int,
         default=2,
@@ -642,6 +688,7 @@ def main() -> int:
         "idle": {},
         "features": {},
         "cache": {},
+        "compression": {},
         "scaling": {},
     }
     with tempfile.TemporaryDirectory(prefix="gw-bench-") as tmp:
@@ -705,6 +752,10 @@ def main() -> int:
             if args.cache and "gateway" in args.targets:
                 results["cache"] = run_cache(workdir, (small_port, body_port), args)
                 cache_bench.print_cache(results["cache"], args)
+                sys.stdout.flush()
+            if args.compression and "gateway" in args.targets:
+                results["compression"] = run_compression(workdir, (small_port, body_port), args)
+                compression_bench.print_compression(results["compression"], args)
                 sys.stdout.flush()
             if args.scaling:
                 upstreams = (small_port, body_port)

@@ -23,7 +23,7 @@ from targets import (
     gateway_argv,
     gateway_conf,
     nginx_argv,
-    nginx_cache_conf,
+    nginx_edge_conf,
     start,
     wait_for_port,
     worker_children,
@@ -45,10 +45,8 @@ def start_cache_targets(
     processes.append(redis)
     launched: list[tuple[str, int, subprocess.Popen[bytes], bool]] = []
     port = free_port()
-    nginx = start(
-        nginx_argv(workdir, nginx_cache_conf(workdir, upstreams[0], port)),
-        workdir / "nginx-cache.log",
-    )
+    conf = nginx_edge_conf(workdir, "nginx-cache", upstreams[0], port, cache=True)
+    nginx = start(nginx_argv(workdir, conf), workdir / "nginx-cache.log")
     processes.append(nginx)
     launched.append(("nginx-cache", port, nginx, True))
     for store in ("memory", "redis"):

@@ -13,7 +13,6 @@ the size barely shrinks while the time keeps growing.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -21,29 +20,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from targets import json_document
+
 from gateway.compression.codecs import encoder
 
 LEVELS = {"gzip": range(1, 10), "br": range(0, 12), "zstd": (1, 2, 3, 4, 5, 6, 9, 12, 19)}
-
-
-def document(size: int) -> bytes:
-    records = []
-    index = 0
-    while True:
-        records.append(
-            {
-                "id": 100000 + index,
-                "name": f"user {index}",
-                "email": f"user{index}@example.com",
-                "active": index % 3 != 0,
-                "score": (index * 7919) % 1000 / 10,
-                "tags": ["alpha", "beta", "gamma"][: index % 3 + 1],
-            }
-        )
-        data = json.dumps({"items": records}).encode()
-        if len(data) >= size:
-            return data[:size]
-        index += 1
 
 
 def encode_once(algorithm: str, level: int, data: bytes) -> int:
@@ -56,7 +37,7 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=32 * 1024)
     parser.add_argument("--repeat", type=int, default=200)
     args = parser.parse_args()
-    data = document(args.size)
+    data = json_document(args.size)
     print(f"{len(data)} bytes of JSON; CPU per response, median of 5 x {args.repeat}")
     print(f"{'algorithm':9} {'level':>5} {'bytes':>7} {'ratio':>6} {'us':>8}")
     for algorithm, levels in LEVELS.items():

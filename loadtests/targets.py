@@ -11,6 +11,7 @@ The proxies in front of them route `/bytes/` and `/echo` to the app and everythi
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import resource
@@ -31,8 +32,40 @@ BODY = (
     '"score":98.6,"note":"greetings from the upstream"}'
 )
 HERE = Path(__file__).resolve().parent
+# The compressible response (issue 7): a list endpoint's JSON, 32 KiB.
+JSON_PATH = "/json32k"
+JSON_SIZE = 32 * 1024
 # Client connections are closed after this many requests on every side that has the setting.
 MAX_REQUESTS = 1000
+
+
+def json_document(size: int) -> bytes:
+    """Valid JSON of exactly ``size`` bytes: records like an API's list endpoint, as compressible
+    as such a response (varied ids, names, e-mails, scores), padded with trailing spaces."""
+    records: list[dict[str, Any]] = []
+    data = b'{"items":[]}'
+    for index in range(size):
+        records.append(
+            {
+                "id": 100000 + index,
+                "name": f"user {index}",
+                "email": f"user{index}@example.com",
+                "active": index % 3 != 0,
+                "score": (index * 7919) % 1000 / 10,
+                "tags": ["alpha", "beta", "gamma"][: index % 3 + 1],
+            }
+        )
+        candidate = json.dumps({"items": records}, separators=(",", ":")).encode()
+        if len(candidate) > size:
+            break
+        data = candidate
+    return data + b" " * (size - len(data))
+
+
+def _nginx_user() -> str:
+    """Started as root, nginx's workers run as nobody, who cannot enter the private (0700)
+    workdir where the files they serve or cache live: run them as the harness's own user."""
+    return "user root;\n" if os.geteuid() == 0 else ""
 
 
 def free_port() -> int:
@@ -126,10 +159,14 @@ def _nginx_temp_paths(workdir: Path, name: str) -> str:
 
 
 def nginx_upstream_conf(workdir: Path, port: int, connections: int = 4096) -> Path:
-    """nginx answering every request with `return 200` and BODY (the small-GET upstream)."""
+    """nginx answering every request with `return 200` and BODY (the small-GET upstream), and
+    JSON_PATH with a JSON_SIZE document written next to the config (the compression section)."""
     conf = workdir / "nginx-upstream.conf"
+    document = workdir / "json32k.json"
+    document.write_bytes(json_document(JSON_SIZE))
     conf.write_text(
-        _nginx_preamble(workdir, "nginx-upstream", connections)
+        _nginx_user()
+        + _nginx_preamble(workdir, "nginx-upstream", connections)
         + "http {\n    access_log off;\n"
         + _nginx_temp_paths(workdir, "nginx-upstream")
         + textwrap.dedent(
@@ -143,6 +180,12 @@ def nginx_upstream_conf(workdir: Path, port: int, connections: int = 4096) -> Pa
                         default_type application/json;
                         add_header Cache-Control "max-age=3600" always;
                         return 200 '{BODY}';
+                    }}
+                    # Cacheable too: the compression section caches it.
+                    location = {JSON_PATH} {{
+                        default_type application/json;
+                        add_header Cache-Control "max-age=3600" always;
+                        alias {document};
                     }}
                 }}
             }}
@@ -209,30 +252,51 @@ def nginx_proxy_conf(
     return conf
 
 
-def nginx_cache_conf(
+def nginx_edge_conf(
     workdir: Path,
+    name: str,
     small_port: int,
     listen_port: int,
     *,
+    cache: bool = False,
+    gzip_level: int | None = None,
     max_requests: int = MAX_REQUESTS,
     connections: int = 4096,
 ) -> Path:
-    """nginx as a caching reverse proxy for the small upstream: one worker, `proxy_cache` in a
-    zone under ``workdir``, the upstream's Cache-Control obeyed (the cache section)."""
-    name = "nginx-cache"
+    """nginx in front of the small upstream with one worker and the features of the cache and
+    compression sections: ``cache`` puts `proxy_cache` in a zone under ``workdir`` and obeys the
+    upstream's Cache-Control; ``gzip_level`` turns `gzip on` at that level for JSON, whoever
+    asks (`gzip_proxied any`), with `Vary: Accept-Encoding` as the gateway sends it."""
+    features = ""
+    if cache:
+        features += textwrap.dedent(
+            f"""
+            proxy_cache_path {workdir}/{name}-store levels=1:2 keys_zone=small:10m
+                             max_size=100m inactive=1h use_temp_path=off;
+            proxy_cache small;
+            add_header X-Cache-Status $upstream_cache_status;
+            """
+        )
+    if gzip_level is not None:
+        features += textwrap.dedent(
+            f"""
+            gzip on;
+            gzip_comp_level {gzip_level};
+            gzip_types application/json;
+            gzip_proxied any;
+            gzip_vary on;
+            gzip_min_length 1024;
+            """
+        )
     conf = workdir / f"{name}.conf"
-    # Started as root, nginx's workers run as nobody, who cannot enter the private (0700)
-    # workdir where the cache store lives: run them as the harness's own user instead.
-    user = "user root;\n" if os.geteuid() == 0 else ""
     conf.write_text(
-        user
+        _nginx_user()
         + _nginx_preamble(workdir, name, connections)
         + "http {\n    access_log off;\n"
         + _nginx_temp_paths(workdir, name)
+        + textwrap.indent(features, "    ")
         + textwrap.dedent(
             f"""
-                proxy_cache_path {workdir}/{name}-store levels=1:2 keys_zone=small:10m
-                                 max_size=100m inactive=1h use_temp_path=off;
                 keepalive_requests {max_requests};
                 keepalive_timeout 300s;
                 upstream small {{ server 127.0.0.1:{small_port}; keepalive 64; }}
@@ -242,8 +306,6 @@ def nginx_cache_conf(
                         proxy_pass http://small;
                         proxy_http_version 1.1;
                         proxy_set_header Connection "";
-                        proxy_cache small;
-                        add_header X-Cache-Status $upstream_cache_status;
                     }}
                 }}
             }}
@@ -308,6 +370,7 @@ def gateway_conf(
     rate_limit: str | None = None,
     redis_url: str | None = None,
     cache: str | None = None,
+    gzip_level: int | None = None,
 ) -> Path:
     """The gateway with ``workers`` workers; ``ports`` is (small upstream, body upstream, listen).
 
@@ -315,7 +378,8 @@ def gateway_conf(
     port with SO_REUSEPORT. ``rate_limit`` ("memory" or "redis", which needs ``redis_url``)
     puts a per-client-IP limit on every route that never refuses (a million a second): it
     prices the decision, not the refusals. ``cache`` ("memory" or "redis") caches the small
-    route's responses in that store.
+    route's responses in that store. ``gzip_level`` compresses them with gzip (the only
+    coding offered, as nginx has no other) at that level.
     """
     small_port, body_port, listen_port = ports
     conf = workdir / f"{name}.yaml"
@@ -324,6 +388,11 @@ def gateway_conf(
         extra += f"  rate_limit: {{ rate: 1000000/second, backend: {rate_limit}, budget: 1s }}\n"
     redis = f'redis:\n  url: "{redis_url}"\n' if redis_url else ""
     cached = f"cache: {{ store: {cache} }}" if cache else "cache: false"
+    compressed = (
+        f"compression: {{ algorithms: [gzip], levels: {{ gzip: {gzip_level} }} }}"
+        if gzip_level is not None
+        else "compression: false"
+    )
     conf.write_text(
         textwrap.dedent(
             f"""\
@@ -356,6 +425,7 @@ def gateway_conf(
               - name: all
                 upstream: small
                 {cached}
+                {compressed}
             """
         )
         .replace("{extra}", extra)
