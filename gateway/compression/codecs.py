@@ -19,13 +19,15 @@ from typing import Final, Protocol
 import brotli
 import zstandard
 
+from gateway.config.model import CompressionLevels
 from gateway.upstream.response import ResponseBody
 
 # Encode chunks at least this large off the event loop (a 64 KiB chunk takes ~0.3-1 ms at the
 # default levels on this machine; smaller ones cost less than the hop to a thread).
 OFFLOAD_SIZE: Final = 64 * 1024
 # Levels fit for dynamic content (docs/performance.md measures them).
-DEFAULT_LEVELS: Final = {"br": 4, "zstd": 3, "gzip": 6}
+_DEFAULTS: Final = CompressionLevels()
+DEFAULT_LEVELS: Final = {"br": _DEFAULTS.br, "zstd": _DEFAULTS.zstd, "gzip": _DEFAULTS.gzip}
 ALGORITHMS: Final = ("br", "zstd", "gzip")
 
 
