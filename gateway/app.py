@@ -29,6 +29,7 @@ from gateway.ratelimit.backends import RateLimitBackends
 from gateway.runtime import Runtime
 from gateway.server import Dispatcher, GatewayServer
 from gateway.upstream.pool import UpstreamPool
+from gateway.websocket.stage import WebSocketCaps
 
 log = get_logger("gateway")
 
@@ -68,6 +69,8 @@ class RunningGateway:
     rate_limits: RateLimitBackends = field(default_factory=RateLimitBackends)
     # The cache stores, kept across reloads.
     caches: CacheStores = field(default_factory=CacheStores)
+    # Open WebSocket relays, counted against the caps; kept across reloads.
+    websockets: WebSocketCaps = field(default_factory=WebSocketCaps)
     # Counts the Redis cache store for its gauges (the process with the admin listener only).
     census: asyncio.Task[None] | None = None
     draining: bool = False
@@ -87,7 +90,12 @@ class RunningGateway:
         """
         old = self.dispatcher.runtime
         new = Runtime.build(
-            config, self.dispatcher.metrics, self.rate_limits, previous=old, caches=self.caches
+            config,
+            self.dispatcher.metrics,
+            self.rate_limits,
+            previous=old,
+            caches=self.caches,
+            websockets=self.websockets,
         )
         self.dispatcher.swap(new)
         retired = old.pools_to_retire(new)
@@ -177,7 +185,10 @@ async def start(
         request_metrics = DisabledRequestMetrics()
     rate_limits = RateLimitBackends()
     caches = CacheStores()
-    runtime = Runtime.build(config, request_metrics, rate_limits, caches=caches)
+    websockets = WebSocketCaps()
+    runtime = Runtime.build(
+        config, request_metrics, rate_limits, caches=caches, websockets=websockets
+    )
     dispatcher = Dispatcher(runtime, request_metrics)
     server = GatewayServer(dispatcher)
     sock = _bind(config.server.listen, reuse_port)
@@ -191,6 +202,7 @@ async def start(
             for name, pool in dispatcher.runtime.pools.items()
         ),
         memory_cache=caches.memory_size,
+        websockets=websockets.by_route,
     )
     gateway = RunningGateway(
         dispatcher=dispatcher,
@@ -201,6 +213,7 @@ async def start(
         admin_address=None,
         rate_limits=rate_limits,
         caches=caches,
+        websockets=websockets,
         sampler=(
             loop.create_task(_publish_metrics(request_metrics, sampler))
             if config.admin.metrics

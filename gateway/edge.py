@@ -68,14 +68,19 @@ class RequestHead:
 
 
 # What `FieldNotes.note` looks for, by lower-case name.
-_HOST, _TE, _HOP, _REQUEST_ID, _EXPECT, _TRACEPARENT = range(6)
+_HOST, _TE, _HOP, _REQUEST_ID, _EXPECT, _TRACEPARENT, _UPGRADE = range(7)
 _NOTABLE: dict[bytes, int] = {
     b"host": _HOST,
     b"transfer-encoding": _TE,
     b"x-request-id": _REQUEST_ID,
     b"expect": _EXPECT,
     b"traceparent": _TRACEPARENT,
-    **{name: _HOP for name in header_rules.HOP_BY_HOP if name != b"transfer-encoding"},
+    **{
+        name: _HOP
+        for name in header_rules.HOP_BY_HOP
+        if name not in (b"transfer-encoding", b"upgrade")
+    },
+    b"upgrade": _UPGRADE,
 }
 
 
@@ -87,7 +92,16 @@ class FieldNotes:
     to strip? the client's X-Request-ID, Expect and traceparent?) without walking the list.
     """
 
-    __slots__ = ("expect", "has_te", "has_traceparent", "hop_by_hop", "host", "hosts", "request_id")
+    __slots__ = (
+        "expect",
+        "has_te",
+        "has_traceparent",
+        "hop_by_hop",
+        "host",
+        "hosts",
+        "request_id",
+        "upgrade",
+    )
 
     def __init__(self) -> None:
         self.host: bytes | None = None
@@ -98,6 +112,8 @@ class FieldNotes:
         self.request_id: bytes | None = None
         self.expect: bytes | None = None
         self.has_traceparent = False
+        # The Upgrade field values (RFC 9110 §7.8), for a WebSocket handshake.
+        self.upgrade: list[bytes] | None = None
 
     def note(self, name: bytes, value: bytes) -> None:
         kind = _NOTABLE.get(name.lower())
@@ -117,6 +133,12 @@ class FieldNotes:
         elif kind == _EXPECT:
             if self.expect is None:
                 self.expect = value
+        elif kind == _UPGRADE:
+            self.hop_by_hop = True
+            if self.upgrade is None:
+                self.upgrade = [value]
+            else:
+                self.upgrade.append(value)
         else:
             self.has_traceparent = True
 

@@ -109,6 +109,32 @@ class ServiceUnavailable(GatewayError):
     code = "unavailable"
 
 
+class WebSocketRefused(GatewayError):
+    """A WebSocket handshake the gateway will not relay (RFC 6455 §4.2.1): 400, or 426 with
+    the versions it speaks."""
+
+    status = 400
+    code = "websocket_handshake"
+
+    def __init__(self, message: str, status: int, fields: list[tuple[bytes, bytes]]) -> None:
+        super().__init__(message, fields=fields)
+        self.status = status
+
+
+class WebSocketCapacity(GatewayError):
+    """A WebSocket cap (global or the route's) is reached; refused before the 101."""
+
+    status = 503
+    code = "websocket_capacity"
+
+
+class WebSocketClientLimit(GatewayError):
+    """The client IP holds its route's `max_per_client` WebSockets already."""
+
+    status = 429
+    code = "websocket_client_limit"
+
+
 class GatewayTimeout(GatewayError):
     """The upstream did not connect or answer in time (RFC 9110 §15.6.5)."""
 

@@ -122,6 +122,7 @@ class ProxyResponse:
         "reason",
         "release",
         "status",
+        "tunnel",
         "upstream",
         "upstream_seconds",
     )
@@ -152,6 +153,9 @@ class ProxyResponse:
         # The upstream that answered and the time to its response head, for logs and metrics.
         self.upstream = upstream
         self.upstream_seconds = upstream_seconds
+        # A 101 from a WebSocket route: the `gateway.websocket.stage.Tunnel` the server opens
+        # once the 101 is written (typed loosely: messages know nothing of WebSockets).
+        self.tunnel: object | None = None
 
     def __repr__(self) -> str:
         return f"<ProxyResponse {self.status} {self.reason!r}>"

@@ -24,6 +24,7 @@ from gateway.proxy import Forwarder
 from gateway.ratelimit.backends import RateLimitBackends
 from gateway.routing import Router
 from gateway.upstream.pool import UpstreamPool
+from gateway.websocket.stage import WebSocketCaps, WebSocketStage
 
 
 # weakref_slot: the rate-limit tables a runtime uses are given back by a finalizer on it.
@@ -34,6 +35,9 @@ class Runtime:
     router: Router
     pools: Mapping[str, UpstreamPool]
     handlers: Mapping[str, Handler]
+    # Routes with `websocket`: the chain for their WebSocket upgrades (rate limit, caps and
+    # the relay's handshakes, DESIGN.md §1).
+    upgrade_handlers: Mapping[str, Handler]
     # The Via element for responses relayed to clients (RFC 9110 §7.6.3).
     via_response: bytes
     # None when logging.access_log is off.
@@ -47,6 +51,8 @@ class Runtime:
         backends: RateLimitBackends,
         previous: Runtime | None = None,
         caches: CacheStores | None = None,
+        *,
+        websockets: WebSocketCaps | None = None,
     ) -> Runtime:
         pools: dict[str, UpstreamPool] = {}
         old_pools = previous.pools if previous is not None else {}
@@ -60,6 +66,9 @@ class Runtime:
             else:
                 pools[upstream.name] = UpstreamPool(upstream)
         handlers: dict[str, Handler] = {}
+        upgrade_handlers: dict[str, Handler] = {}
+        if websockets is None:
+            websockets = WebSocketCaps()
         leases: list[str] = []
         for route in config.routes:
             forward = Forwarder(route, pools[route.upstream], config.server.via_name, metrics)
@@ -75,12 +84,28 @@ class Runtime:
             if route.compression is not None:
                 stages.append(CompressionStage(route.compression, metrics))
             handlers[route.name] = compose(stages, forward)
+            if route.websocket is not None:
+                upstream = config.upstream(route.upstream)
+                relay = WebSocketStage(
+                    route,
+                    route.websocket,
+                    pools[route.upstream],
+                    caps=websockets,
+                    limit=config.server.limits.max_websockets,
+                    via_name=config.server.via_name,
+                    response_timeout=upstream.timeouts.response,
+                    metrics=metrics,
+                )
+                upgrade_handlers[route.name] = compose(
+                    [rate_limit] if rate_limit is not None else [], relay
+                )
         runtime = cls(
             config=config,
             edge=EdgeSettings.from_config(config.server),
             router=Router(config.routes),
             pools=MappingProxyType(pools),
             handlers=MappingProxyType(handlers),
+            upgrade_handlers=MappingProxyType(upgrade_handlers),
             via_response=via_value((1, 1), config.server.via_name),
             access_log=AccessLog() if config.logging.access_log else None,
         )

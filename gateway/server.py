@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 from time import perf_counter
+from typing import cast
 
 from gateway import headers as header_rules
 from gateway.compression.codecs import EncodedBody
 from gateway.downstream.body import RequestBody
 from gateway.downstream.connection import (
     ClientConnection,
+    ClientGone,
     ConnectionLimits,
     ConnectionRegistry,
     PendingRequest,
@@ -35,6 +37,8 @@ from gateway.observability.metrics import UNMATCHED
 from gateway.observability.request_metrics import RequestMetrics
 from gateway.runtime import Runtime
 from gateway.upstream.response import ResponseBody
+from gateway.websocket.handshake import is_websocket_upgrade
+from gateway.websocket.stage import Tunnel
 
 log = get_logger("gateway.server")
 
@@ -83,7 +87,13 @@ class Dispatcher:
                 proxy_request.send_informational = InterimRelay(
                     conn, proxy_request, runtime.via_response
                 )
-                proxy_response = await runtime.handlers[route.name](proxy_request)
+                handler = runtime.handlers[route.name]
+                if pending.upgrade:
+                    upgrade = runtime.upgrade_handlers.get(route.name)
+                    offered = head.notes.upgrade
+                    if upgrade is not None and offered and is_websocket_upgrade(offered):
+                        handler = upgrade
+                proxy_response = await handler(proxy_request)
             except GatewayError as error:
                 if proxy_request is not None:
                     request_id = proxy_request.request_id
@@ -97,7 +107,11 @@ class Dispatcher:
                 )
             else:
                 status = proxy_response.status
-                bytes_out = await self._relay(conn, pending, proxy_response)
+                tunnel = proxy_response.tunnel
+                if isinstance(tunnel, Tunnel):
+                    bytes_out = await self._tunnel(conn, proxy_response, tunnel)
+                else:
+                    bytes_out = await self._relay(conn, pending, proxy_response)
         finally:
             self.inflight -= 1
         duration = perf_counter() - started
@@ -134,6 +148,29 @@ class Dispatcher:
         except Exception:
             return error.status, 0
         return error.status, 0 if head_only else len(data) - data.index(b"\r\n\r\n") - 4
+
+    async def _tunnel(self, conn: ClientConnection, response: ProxyResponse, tunnel: Tunnel) -> int:
+        """Write the 101, switch the connection to the relay, and wait for the relay's end;
+        the payload bytes relayed to the client."""
+        head = response_head(
+            101,
+            response.reason,
+            response.headers,
+            content_length=None,
+            chunked=False,
+            close=False,
+            keep_alive_10=False,
+        )
+        transport = conn.transport
+        try:
+            conn.write(head)
+        except ClientGone:
+            tunnel.abandon()
+            return 0
+        relay, hooks = tunnel.open(cast(asyncio.Transport, transport))
+        conn.enter_tunnel(hooks)
+        await relay.done
+        return relay.client.sent_bytes
 
     async def _relay(
         self, conn: ClientConnection, pending: PendingRequest, upstream: ProxyResponse

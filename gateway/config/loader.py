@@ -46,6 +46,7 @@ from gateway.config.model import (
     UpstreamConfig,
     UpstreamTimeouts,
     UpstreamTLS,
+    WebSocketConfig,
 )
 from gateway.config.units import DURATION_NEEDS_UNIT, SIZE_NEEDS_UNIT, parse_duration, parse_size
 from gateway.errors import ConfigError
@@ -924,6 +925,24 @@ _COMPRESSION = _Section(
 _compression = _feature(_COMPRESSION, CompressionConfig)
 
 
+_WEBSOCKET = _Section(
+    WebSocketConfig,
+    {
+        "max_connections": _count,
+        "max_per_client": _optional(_count),
+        "max_message_size": _size,
+        "queue_messages": _count,
+        "queue_bytes": _size,
+        "idle_timeout": _duration,
+        "on_overflow": _choice("backpressure", "close"),
+        "permessage_deflate": _boolean,
+    },
+)
+
+
+_websocket = _feature(_WEBSOCKET, WebSocketConfig)
+
+
 _REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
 
 
@@ -1079,6 +1098,7 @@ _ROUTE = _Section(
         "rate_limit": _rate_limit,
         "cache": _cache,
         "compression": _compression,
+        "websocket": _websocket,
     },
     finish=lambda kwargs, given, path, ctx: _finish_route(kwargs, given, ctx),
 )
@@ -1173,6 +1193,7 @@ _GATEWAY = _Section(
                         "max_headers": _count,
                         "max_line": _size,
                         "max_requests_per_connection": _count,
+                        "max_websockets": _count,
                     },
                 ),
                 "timeouts": _Section(
@@ -1222,6 +1243,6 @@ def unit_fields() -> dict[tuple[type[Any], str], Literal["duration", "size"]]:
                 walk(cell.cell_contents, owner)
 
     # `_upstreams` and `_rate_limit` reach their sections as globals, not through closures.
-    for root in (_GATEWAY, _UPSTREAM, _RATE_LIMIT, _CACHE, _COMPRESSION):
+    for root in (_GATEWAY, _UPSTREAM, _RATE_LIMIT, _CACHE, _COMPRESSION, _WEBSOCKET):
         walk(root, None)
     return kinds

@@ -37,6 +37,8 @@ class ServerLimits:
     max_line: int = 8190
     # Requests served on one client connection before it is closed (HARDENING.md).
     max_requests_per_connection: int = 1000
+    # WebSocket relays open at once in a worker process, all routes together (503 beyond).
+    max_websockets: int = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,6 +276,29 @@ class CompressionConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class WebSocketConfig:
+    """A route's WebSocket relaying. ``websocket: {enabled: false}`` (the default) is none:
+    an Upgrade request is then forwarded as a plain request, without its Upgrade field."""
+
+    # Relays open at once on this route in a worker process (503 beyond).
+    max_connections: int = 1000
+    # Relays open at once per client IP on this route in a worker process (429 beyond); None:
+    # no cap (behind an L4 balancer every client may share one address).
+    max_per_client: int | None = None
+    # A message (all its frames; inflated, when compressed) beyond this closes with 1009.
+    max_message_size: int = 1 * MIB
+    # Per direction: messages waiting for a peer that reads slowly, at most this many and this
+    # many bytes; when full, the sending side is no longer read (or closed with 1013).
+    queue_messages: int = 64
+    queue_bytes: int = 1 * MIB
+    # No frame from a side for half of it: it is pinged; for all of it: the relay closes.
+    idle_timeout: float = 60.0
+    on_overflow: Literal["backpressure", "close"] = "backpressure"
+    # permessage-deflate (RFC 7692) on each hop, negotiated on its own, without context takeover.
+    permessage_deflate: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class CacheSettings:
     # The memory store's budget per worker process: bodies, fields and bookkeeping.
     max_bytes: int = 256 * MIB
@@ -298,6 +323,8 @@ class RouteConfig:
     cache: CacheConfig | None = None
     # None: responses pass as the upstream encoded them.
     compression: CompressionConfig | None = None
+    # None: no WebSocket relaying.
+    websocket: WebSocketConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -64,7 +64,7 @@ def _body_cut_short() -> ClientClosedRequest:
 class PendingRequest:
     """A request head off the wire, with its body stream, waiting for or being handled."""
 
-    __slots__ = ("body", "content_length", "error", "head", "keep_alive")
+    __slots__ = ("body", "content_length", "error", "head", "keep_alive", "upgrade")
 
     def __init__(
         self,
@@ -74,8 +74,11 @@ class PendingRequest:
         content_length: int | None,
         body: RequestBody | None,
         error: GatewayError | None = None,
+        upgrade: bool = False,
     ) -> None:
         self.head = head
+        # The client asked to switch protocols (Upgrade named by Connection, RFC 9110 §7.8).
+        self.upgrade = upgrade
         self.keep_alive = keep_alive
         self.content_length = content_length
         self.body = body
@@ -116,6 +119,18 @@ class ConnectionLimits:
 RequestHandler = Callable[["ClientConnection", PendingRequest], Coroutine[Any, Any, None]]
 
 
+class TunnelHooks:
+    """Where a connection's bytes and events go once it switched protocols (a WebSocket)."""
+
+    def received(self, data: bytes) -> None: ...
+
+    def writable(self, writable: bool) -> None: ...
+
+    def lost(self) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+
 class ConnectionRegistry:
     """What a connection tells its server (GatewayServer implements it)."""
 
@@ -139,6 +154,8 @@ class ClientConnection(asyncio.Protocol):
         "_head_deadline",
         "_header_bytes",
         "_headers",
+        "_held",
+        "_holding",
         "_idle_deadline",
         "_in_head",
         "_lingering",
@@ -152,6 +169,7 @@ class ClientConnection(asyncio.Protocol):
         "_stopped",
         "_task",
         "_timer",
+        "_tunnel",
         "_url",
         "_wakeup",
         "_write_paused",
@@ -209,6 +227,12 @@ class ClientConnection(asyncio.Protocol):
         self._head_deadline: float | None = None
         self._idle_deadline: float | None = None
         self.requests_served = 0
+        # After an Upgrade request: the bytes that followed it, held (reading paused) until
+        # its answer says whether they are the new protocol's or the next request.
+        self._holding = False
+        self._held = b""
+        # Set once the connection switched protocols: it gets every byte and event.
+        self._tunnel: TunnelHooks | None = None
         # Whether any byte of the current request's response was written.
         self.response_started = False
         self.closed_waiter: asyncio.Future[None] = loop.create_future()
@@ -226,6 +250,9 @@ class ClientConnection(asyncio.Protocol):
         self._arm(self._head_deadline)
 
     def connection_lost(self, exc: Exception | None) -> None:
+        tunnel = self._tunnel
+        if tunnel is not None:
+            tunnel.lost()
         self._closed = True
         self._stopped = True
         timer = self._timer
@@ -253,6 +280,13 @@ class ClientConnection(asyncio.Protocol):
             self.closed_waiter.set_result(None)
 
     def data_received(self, data: bytes) -> None:
+        tunnel = self._tunnel
+        if tunnel is not None:
+            tunnel.received(data)
+            return
+        if self._holding:
+            self._held += data  # reading is paused: at most what was already read
+            return
         if self._stopped:
             return  # after an error or while lingering: discarded
         try:
@@ -276,6 +310,8 @@ class ClientConnection(asyncio.Protocol):
         self._dispatch()
 
     def eof_received(self) -> bool | None:
+        if self._tunnel is not None:
+            return False  # a WebSocket client gone without a Close frame: close, relay sees it
         # The client half-closed: answer what is pending, then close (return False → close
         # when nothing is pending, since nothing more can arrive).
         self._stopped = True
@@ -286,9 +322,13 @@ class ClientConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self._write_paused = True
+        if self._tunnel is not None:
+            self._tunnel.writable(False)
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        if self._tunnel is not None:
+            self._tunnel.writable(True)
         waiter = self._drain_waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
@@ -364,6 +404,7 @@ class ClientConnection(asyncio.Protocol):
             keep_alive=parser.should_keep_alive(),
             content_length=content_length,
             body=body,
+            upgrade=parser.should_upgrade(),
         )
         self._parsing = pending
         self._queue.append(pending)
@@ -411,10 +452,13 @@ class ClientConnection(asyncio.Protocol):
     def _upgraded(self, data: bytes, upgrade: httptools.HttpParserUpgrade) -> None:
         """llhttp stopped at a CONNECT or an Upgrade request, after its complete message.
 
-        The gateway does not switch protocols here: an Upgrade request is answered as a plain
-        request (RFC 9110 §7.8 lets a server ignore Upgrade; the field is hop-by-hop and not
-        forwarded) and parsing goes on with a fresh parser after it. What follows a CONNECT
-        would be tunnel bytes: they are discarded and the connection closes after the answer.
+        What follows an Upgrade request is held, and reading paused, until the request is
+        answered: a route relaying WebSockets switches the connection to the new protocol
+        and the held bytes are its first (`enter_tunnel`); any other answer treats the
+        request as a plain one (RFC 9110 §7.8 lets a server ignore Upgrade; the field is
+        hop-by-hop and not forwarded) and parsing goes on with a fresh parser, from the held
+        bytes. What follows a CONNECT would be tunnel bytes: they are discarded and the
+        connection closes after the answer.
         """
         last = self._queue[-1] if self._queue else None
         if last is not None and last.head.method == "CONNECT":
@@ -423,9 +467,36 @@ class ClientConnection(asyncio.Protocol):
             return
         offset = upgrade.args[0] if upgrade.args else len(data)
         self._parser = httptools.HttpRequestParser(self)
-        rest = data[offset:]
-        if rest:
-            self.data_received(rest)
+        self._holding = True
+        self._held = data[offset:]
+        self._pause(4)
+
+    def enter_tunnel(self, hooks: TunnelHooks) -> None:
+        """Switch protocols: from now on every byte and event of the connection goes to
+        ``hooks``, starting with the bytes held since the Upgrade request."""
+        self._tunnel = hooks
+        self._stopped = True
+        timer = self._timer
+        if timer is not None:
+            self._timer = None
+            timer.cancel()
+        self._head_deadline = self._idle_deadline = None
+        held, self._held = self._held, b""
+        self._holding = False
+        if self._paused_for:
+            self._paused_for = 0
+            if self.transport is not None and not self._closed:
+                self.transport.resume_reading()
+        if held:
+            hooks.received(held)
+
+    def _release_held(self) -> None:
+        """The Upgrade request got a plain answer: parse what followed it as HTTP."""
+        self._holding = False
+        held, self._held = self._held, b""
+        self._resume(4)
+        if held:
+            self.data_received(held)
 
     # ---------------------------------------------------------------------- dispatching
 
@@ -473,7 +544,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _finished(self, pending: PendingRequest) -> None:
         self._current = None
-        if self._closed:
+        if self._closed or self._tunnel is not None:
             return
         body = pending.body
         if self._lingering:
@@ -485,6 +556,10 @@ class ClientConnection(asyncio.Protocol):
             else:
                 self.close()
             return
+        if self._holding:
+            self._release_held()  # may parse and dispatch the next request
+            if self._current is not None:
+                return
         if self._queue:
             self._dispatch()
         elif self._stopped:
@@ -596,6 +671,9 @@ class ClientConnection(asyncio.Protocol):
     def begin_drain(self) -> None:
         """The server is shutting down: close now if idle, else after the current response."""
         self._draining = True
+        if self._tunnel is not None:
+            self._tunnel.shutdown()  # 1001 to both sides of the relay
+            return
         if not self.busy:
             self.close()
 
@@ -616,7 +694,7 @@ class ClientConnection(asyncio.Protocol):
 
     def _on_timer(self) -> None:
         self._timer = None
-        if self._closed:
+        if self._closed or self._tunnel is not None:
             return
         due = math.inf
         if self._head_deadline is not None:

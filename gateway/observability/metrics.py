@@ -128,6 +128,33 @@ COMPRESSION_BYTES = Counter(
     "Bytes through response compression by algorithm: stage=in before it, stage=out after.",
     ["algorithm", "stage"],
 )
+WEBSOCKET_CONNECTIONS = Gauge(
+    "gateway_websocket_connections",
+    "WebSocket relays open, by route, sampled each second.",
+    ["route"],
+    multiprocess_mode="livesum",
+)
+WEBSOCKET_MESSAGES = Counter(
+    "gateway_websocket_messages_total",
+    "WebSocket data messages relayed, by route and direction (to_upstream, to_client).",
+    ["route", "direction"],
+)
+WEBSOCKET_BYTES = Counter(
+    "gateway_websocket_bytes_total",
+    "Payload bytes of the WebSocket data messages relayed (uncompressed), by route and direction.",
+    ["route", "direction"],
+)
+WEBSOCKET_REJECTED = Counter(
+    "gateway_websocket_rejected_total",
+    "WebSocket upgrades refused before the 101, by route and reason (capacity, client_limit,"
+    " handshake, upstream).",
+    ["route", "reason"],
+)
+WEBSOCKET_QUEUE_FULL = Counter(
+    "gateway_websocket_queue_full_total",
+    "Times a WebSocket direction's queue filled (its sender paused, or closed with 1013).",
+    ["route", "direction"],
+)
 UPSTREAM_CONNECTIONS = Gauge(
     "gateway_upstream_connections",
     "Pooled upstream connections by state (active, idle), sampled each second.",
@@ -209,6 +236,15 @@ def count_compression_bytes(algorithm: str, raw: int, out: int) -> None:
     COMPRESSION_BYTES.labels(algorithm, "out").inc(out)
 
 
+def count_websocket(route: str, direction: str, messages: int, size: int) -> None:
+    WEBSOCKET_MESSAGES.labels(route, direction).inc(messages)
+    WEBSOCKET_BYTES.labels(route, direction).inc(size)
+
+
+def count_websocket_event(counter: Counter, route: str, label: str, count: int) -> None:
+    counter.labels(route, label).inc(count)
+
+
 def set_cache_size(store: str, entries: int, size: int) -> None:
     CACHE_ENTRIES.labels(store).set(entries)
     CACHE_BYTES.labels(store).set(size)
@@ -240,17 +276,26 @@ class GaugeSampler:
         connections: Callable[[], int],
         pools: Callable[[], Iterable[tuple[str, int, int]]],
         memory_cache: Callable[[], tuple[int, int] | None] = lambda: None,
+        websockets: Callable[[], dict[str, int]] = dict,
     ) -> None:
         self._inflight = inflight
         self._connections = connections
         self._pools = pools
         # (entries, bytes) of this process's memory cache store, None without one.
         self._memory_cache = memory_cache
+        # Open relays per route.
+        self._websockets = websockets
+        self._websocket_routes: set[str] = set()
         self._seen: set[str] = set()
 
     def sample(self) -> None:
         INFLIGHT.set(self._inflight())
         CONNECTIONS.set(self._connections())
+        relays = self._websockets()
+        # Routes whose relays all closed go back to 0 rather than keep their last value.
+        for route in self._websocket_routes | relays.keys():
+            WEBSOCKET_CONNECTIONS.labels(route).set(relays.get(route, 0))
+        self._websocket_routes |= relays.keys()
         memory = self._memory_cache()
         if memory is not None:
             set_cache_size("memory", memory[0], memory[1])

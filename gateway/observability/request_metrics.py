@@ -57,6 +57,8 @@ class RequestMetrics:
         "_requests",
         "_upstream_durations",
         "_upstream_errors",
+        "_websocket_events",
+        "_websocket_messages",
     )
 
     def __init__(self) -> None:
@@ -69,6 +71,10 @@ class RequestMetrics:
         # algorithm -> [bytes in, bytes out]
         self._compressed: dict[str, list[int]] = {}
         self._ratelimit_durations: dict[str, Observations] = {}
+        # (route, direction) -> [messages, bytes]
+        self._websocket_messages: dict[tuple[str, str], list[int]] = {}
+        # (kind, route, label) -> count; kind is "rejected" or "queue_full".
+        self._websocket_events: dict[tuple[str, str, str], int] = {}
 
     def request_done(self, route: str, method: str, status: int, seconds: float) -> None:
         # Keyed by the method label, not the method: clients may send any token as a method.
@@ -109,8 +115,33 @@ class RequestMetrics:
         sizes[0] += raw
         sizes[1] += out
 
+    def websocket_message(self, route: str, direction: str, size: int) -> None:
+        key = (route, direction)
+        counts = self._websocket_messages.get(key)
+        if counts is None:
+            counts = self._websocket_messages[key] = [0, 0]
+        counts[0] += 1
+        counts[1] += size
+
+    def websocket_rejected(self, route: str, reason: str) -> None:
+        key = ("rejected", route, reason)
+        self._websocket_events[key] = self._websocket_events.get(key, 0) + 1
+
+    def websocket_queue_full(self, route: str, direction: str) -> None:
+        key = ("queue_full", route, direction)
+        self._websocket_events[key] = self._websocket_events.get(key, 0) + 1
+
     def flush(self) -> None:
         """Publish what was observed since the last flush."""
+        relayed, self._websocket_messages = self._websocket_messages, {}
+        for (route, direction), (count, size) in relayed.items():
+            metrics.count_websocket(route, direction, count, size)
+        events, self._websocket_events = self._websocket_events, {}
+        for (kind, route, label), count in events.items():
+            counter = (
+                metrics.WEBSOCKET_REJECTED if kind == "rejected" else metrics.WEBSOCKET_QUEUE_FULL
+            )
+            metrics.count_websocket_event(counter, route, label, count)
         requests, self._requests = self._requests, {}
         for (route, method, status), count in requests.items():
             metrics.count_requests(route, method, status, count)
@@ -170,4 +201,13 @@ class DisabledRequestMetrics(RequestMetrics):
         return None
 
     def flush(self) -> None:
+        return None
+
+    def websocket_message(self, route: str, direction: str, size: int) -> None:
+        return None
+
+    def websocket_rejected(self, route: str, reason: str) -> None:
+        return None
+
+    def websocket_queue_full(self, route: str, direction: str) -> None:
         return None

@@ -20,7 +20,13 @@ from gateway.config.model import UpstreamConfig
 from gateway.errors import BadGateway, GatewayTimeout, UpstreamBusy
 from gateway.messages import BodyStream, Headers, InformationalCallback
 from gateway.upstream.connection import UpstreamConnection
-from gateway.upstream.request import IDEMPOTENT, build_head, framing_fields, method_bytes
+from gateway.upstream.request import (
+    END_OF_HEAD,
+    IDEMPOTENT,
+    build_head,
+    framing_fields,
+    method_bytes,
+)
 from gateway.upstream.resolver import Address, Resolver
 from gateway.upstream.response import UpstreamResponse
 from gateway.upstream.tls import client_context
@@ -352,11 +358,30 @@ class UpstreamPool:
         return loop
 
     async def _connect(self, index: int) -> UpstreamConnection:
+        conn = self.connection_class(
+            self, self._get_loop(), self._timeouts, index, expect_timeout=self._expect_timeout
+        )
+        await self._open_transport(index, conn)
+        self.connections_opened += 1
+        return conn
+
+    async def open_tunnel(
+        self, target: bytes, headers: Headers, client_authority: bytes, protocol: asyncio.Protocol
+    ) -> bytes:
+        """Connect ``protocol`` on a new connection outside the pool (a WebSocket's, which
+        never returns to it) to the next target, with the pool's timeouts and TLS; the
+        ``GET target`` head to send on it, with ``headers`` and the pool's Host."""
+        index = self._pick_target()
+        await self._open_transport(index, protocol)
+        host = self._hosts[index]
+        head, _ = build_head(
+            b"GET", target, client_authority if host is None else host, headers, END_OF_HEAD
+        )
+        return head
+
+    async def _open_transport(self, index: int, protocol: asyncio.Protocol) -> None:
         target = self._targets[index]
         loop = self._get_loop()
-        conn = self.connection_class(
-            self, loop, self._timeouts, index, expect_timeout=self._expect_timeout
-        )
         try:
             # One budget for DNS, TCP and TLS: a stalled step must not pin the request.
             async with asyncio.timeout(self._connect_timeout):
@@ -365,7 +390,7 @@ class UpstreamPool:
                 try:
                     if self._ssl is not None and target.scheme == "https":
                         await loop.create_connection(
-                            lambda: conn,
+                            lambda: protocol,
                             sock=sock,
                             ssl=self._ssl,
                             server_hostname=target.host,
@@ -373,7 +398,7 @@ class UpstreamPool:
                             ssl_shutdown_timeout=self._connect_timeout,
                         )
                     else:
-                        await loop.create_connection(lambda: conn, sock=sock)
+                        await loop.create_connection(lambda: protocol, sock=sock)
                 except BaseException:
                     sock.close()
                     raise
@@ -382,8 +407,6 @@ class UpstreamPool:
         except OSError as exc:
             # Refused, unreachable, reset, DNS failure, TLS handshake or certificate errors.
             raise BadGateway(f"cannot connect to {target}: {exc}") from None
-        self.connections_opened += 1
-        return conn
 
 
 def _expire(waiter: asyncio.Future[UpstreamConnection | None]) -> None:

@@ -654,6 +654,7 @@ def test_redacted_view() -> None:
             "max_headers": 100,
             "max_line": 8190,
             "max_requests_per_connection": 1000,
+            "max_websockets": 10_000,
         },
         "timeouts": {"header_read": 10.0, "keepalive": 60.0, "drain": 25.0},
         "via_name": "gateway",
@@ -687,6 +688,7 @@ def test_redacted_view() -> None:
         "rate_limit": None,
         "cache": None,
         "compression": None,
+        "websocket": None,
     }
     assert view["route_table"] == [
         {

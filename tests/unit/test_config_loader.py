@@ -45,6 +45,7 @@ from gateway.config.model import (
     UpstreamConfig,
     UpstreamTimeouts,
     UpstreamTLS,
+    WebSocketConfig,
 )
 from gateway.errors import ConfigError
 
@@ -1320,6 +1321,7 @@ server:
     max_headers: 50
     max_line: 4KiB
     max_requests_per_connection: 10
+    max_websockets: 500
   timeouts: {header_read: 5s, keepalive: 30s, drain: 10s}
   via_name: edge
   rate_limit:
@@ -1382,6 +1384,16 @@ routes:
       min_size: 256B
       levels: {br: 5, zstd: 6, gzip: 4}
       content_types: [text/html, "application/*+json"]
+    websocket:
+      enabled: true
+      max_connections: 300
+      max_per_client: 4
+      max_message_size: 64KiB
+      queue_messages: 16
+      queue_bytes: 256KiB
+      idle_timeout: 2m
+      on_overflow: close
+      permessage_deflate: true
 cache: {max_bytes: 64MiB}
 """
 
@@ -1398,6 +1410,7 @@ def _expected_every_key(ca_file: str) -> GatewayConfig:
                 max_headers=50,
                 max_line=4 * KIB,
                 max_requests_per_connection=10,
+                max_websockets=500,
             ),
             timeouts=ServerTimeouts(header_read=5.0, keepalive=30.0, drain=10.0),
             via_name="edge",
@@ -1467,6 +1480,16 @@ def _expected_every_key(ca_file: str) -> GatewayConfig:
                     levels=CompressionLevels(br=5, zstd=6, gzip=4),
                     content_types=("text/html", "application/*+json"),
                 ),
+                websocket=WebSocketConfig(
+                    max_connections=300,
+                    max_per_client=4,
+                    max_message_size=64 * KIB,
+                    queue_messages=16,
+                    queue_bytes=256 * KIB,
+                    idle_timeout=120.0,
+                    on_overflow="close",
+                    permessage_deflate=True,
+                ),
             ),
         ),
         cache=CacheSettings(max_bytes=64 * MIB),
@@ -1487,6 +1510,8 @@ def _differs_from_defaults(value: object, default: object, where: str) -> list[s
         default = CacheConfig()
     if default is None and isinstance(value, CompressionConfig):
         default = CompressionConfig()
+    if default is None and isinstance(value, WebSocketConfig):
+        default = WebSocketConfig()
     if not is_dataclass(value) or isinstance(value, ListenAddress | Target | HeaderMatch | Rate):
         return [where] if value == default else []
     same = []
@@ -1535,6 +1560,7 @@ def test_unit_fields_are_read_from_the_tables() -> None:
         ServerLimits,
         RateLimitConfig,
         CacheConfig,
+        WebSocketConfig,
     ):
         floats |= {(cls, f.name) for f in fields(cls) if f.type in ("float", "float | None")}
     assert floats == {key for key, kind in kinds.items() if kind == "duration"}

@@ -1,0 +1,250 @@
+"""WebSocket relaying end to end (issue 8): a real aiohttp WebSocket upstream, a real gateway,
+and real aiohttp WebSocket clients (and a raw socket where a client must misbehave)."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import aiohttp
+import pytest
+from aiohttp import WSCloseCode, WSMsgType, web
+
+from gateway.app import RunningGateway, start
+from gateway.config.model import RouteConfig, ServerConfig, ServerLimits, WebSocketConfig
+from gateway.websocket.frames import OP_BINARY
+from tests.harness import LOCAL, gateway_config, serve_app, upstream_to
+
+
+class Upstream:
+    """A WebSocket upstream: echoes, closes on request, records what it saw."""
+
+    def __init__(self) -> None:
+        self.handshakes: list[dict[str, str]] = []
+        self.closes: list[tuple[int | None, str]] = []
+        self.sockets: list[web.WebSocketResponse] = []
+        self.closed = asyncio.Event()
+
+    async def ws(self, request: web.Request) -> web.StreamResponse:
+        self.handshakes.append(dict(request.headers))
+        ws = web.WebSocketResponse(protocols=("chat", "v2.chat"), max_msg_size=64 << 20)
+        await ws.prepare(request)
+        self.sockets.append(ws)
+        async for message in ws:
+            if message.type == WSMsgType.TEXT:
+                if message.data.startswith("close:"):
+                    _, code, reason = message.data.split(":", 2)
+                    await ws.close(code=int(code), message=reason.encode())
+                    break
+                await ws.send_str(message.data)
+            elif message.type == WSMsgType.BINARY:
+                await ws.send_bytes(message.data)
+        self.closes.append((ws.close_code, ""))
+        self.closed.set()
+        return ws
+
+    async def plain(self, request: web.Request) -> web.Response:
+        return web.json_response({"plain": True, "upgrade": request.headers.get("Upgrade")})
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/ws", self.ws)
+        app.router.add_get("/refuse", self.plain)
+        return app
+
+
+@pytest.fixture
+async def upstream() -> AsyncIterator[tuple[Upstream, int]]:
+    recorder = Upstream()
+    async with serve_app(recorder.app()) as port:
+        yield recorder, port
+
+
+async def relay_gateway(
+    gateways: list[RunningGateway],
+    port: int,
+    server: ServerConfig | None = None,
+    **options: object,
+) -> RunningGateway:
+    config = WebSocketConfig(**options)  # type: ignore[arg-type]
+    route = RouteConfig(name="live", upstream="origin", websocket=config)
+    gateway = await start(gateway_config([upstream_to("origin", port)], [route], server))
+    gateways.append(gateway)
+    return gateway
+
+
+def url(gateway: RunningGateway, path: str = "/ws") -> str:
+    return f"http://{LOCAL}:{gateway.address[1]}{path}"
+
+
+async def test_text_and_binary_messages_echo_through_the_relay(
+    upstream: tuple[Upstream, int], gateways: list[RunningGateway]
+) -> None:
+    recorder, port = upstream
+    gateway = await relay_gateway(gateways, port)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(
+            url(gateway), protocols=("v2.chat", "chat"), headers={"Origin": "https://app.example"}
+        ) as ws,
+    ):
+        assert ws.protocol == "v2.chat"
+        await ws.send_str("héllo")
+        assert await ws.receive_str(timeout=5) == "héllo"
+        payload = os.urandom(100_000)
+        await ws.send_bytes(payload)
+        assert await ws.receive_bytes(timeout=5) == payload
+        await ws.ping(b"are you there")
+        await ws.send_str("after ping")
+        assert await ws.receive_str(timeout=5) == "after ping"
+    handshake = recorder.handshakes[0]
+    # The upstream got the gateway's own handshake, with the client's end-to-end fields.
+    assert handshake["Origin"] == "https://app.example"
+    assert handshake["Sec-WebSocket-Protocol"] == "v2.chat, chat"
+    assert "X-Forwarded-For" in handshake
+    assert handshake["Via"] == "1.1 gateway"
+
+
+async def test_close_codes_pass_both_ways(
+    upstream: tuple[Upstream, int], gateways: list[RunningGateway]
+) -> None:
+    recorder, port = upstream
+    gateway = await relay_gateway(gateways, port)
+    async with aiohttp.ClientSession() as session:
+        # The upstream closes: its code and reason reach the client.
+        async with session.ws_connect(url(gateway)) as ws:
+            await ws.send_str("close:4001:upstream says bye")
+            message = await ws.receive(timeout=5)
+            assert message.type == WSMsgType.CLOSE
+            assert (message.data, message.extra) == (4001, "upstream says bye")
+        # The client closes: its code reaches the upstream.
+        recorder.closed.clear()
+        async with session.ws_connect(url(gateway)) as ws:
+            await ws.send_str("ping")
+            assert await ws.receive_str(timeout=5) == "ping"
+            await ws.close(code=4002, message=b"client says bye")
+            # aiohttp's server answers any Close with 1000: that answer is relayed back.
+            assert ws.close_code == 1000
+        await asyncio.wait_for(recorder.closed.wait(), 5)
+        assert recorder.closes[-1][0] == 4002
+
+
+async def test_an_oversized_message_closes_with_1009(
+    upstream: tuple[Upstream, int], gateways: list[RunningGateway]
+) -> None:
+    recorder, port = upstream
+    gateway = await relay_gateway(gateways, port, max_message_size=1000)
+    async with aiohttp.ClientSession() as session, session.ws_connect(url(gateway)) as ws:
+        await ws.send_bytes(b"x" * 1000)
+        assert await ws.receive_bytes(timeout=5) == b"x" * 1000
+        await ws.send_bytes(b"x" * 1001)
+        message = await ws.receive(timeout=5)
+        assert message.type == WSMsgType.CLOSE
+        assert message.data == WSCloseCode.MESSAGE_TOO_BIG
+    # The upstream was told the client went away.
+    await asyncio.wait_for(recorder.closed.wait(), 5)
+    assert recorder.closes[-1][0] == WSCloseCode.GOING_AWAY
+
+
+async def test_a_huge_announced_frame_closes_with_1009_at_once(
+    upstream: tuple[Upstream, int], gateways: list[RunningGateway]
+) -> None:
+    """A raw client announces a 1 TiB frame and sends nothing more: 1009 comes back without
+    the gateway waiting for (or allocating) the payload."""
+    _, port = upstream
+    gateway = await relay_gateway(gateways, port)
+    reader, writer = await asyncio.open_connection(LOCAL, gateway.address[1])
+    key = base64.b64encode(os.urandom(16))
+    writer.write(
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + key + b"\r\n\r\n"
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 101 ")
+    mask = os.urandom(4)
+    writer.write(bytes((0x80 | OP_BINARY, 0x80 | 127)) + (1 << 40).to_bytes(8, "big") + mask)
+    frame = await asyncio.wait_for(reader.readexactly(4), 5)
+    assert frame[0] == 0x88  # FIN + close
+    assert int.from_bytes(frame[2:4], "big") == 1009
+    writer.close()
+
+
+async def test_an_upgrade_answered_200_opens_no_tunnel(
+    upstream: tuple[Upstream, int], gateways: list[RunningGateway]
+) -> None:
+    _, port = upstream
+    gateway = await relay_gateway(gateways, port)
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+            await session.ws_connect(url(gateway, "/refuse"))
+        assert caught.value.status == 200
+    # And the connection goes on as HTTP: a raw client sees the plain answer, then can send
+    # another request on the same connection.
+    reader, writer = await asyncio.open_connection(LOCAL, gateway.address[1])
+    key = base64.b64encode(os.urandom(16))
+    upgrade = (
+        b"GET /refuse HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + key + b"\r\n\r\n"
+    )
+    writer.write(upgrade + b"GET /refuse HTTP/1.1\r\nHost: a\r\n\r\n")
+    for expected in (b'"upgrade": "websocket"', b'"upgrade": null'):
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+        assert head.startswith(b"HTTP/1.1 200 ")
+        length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+        body = await reader.readexactly(length)
+        # The upstream saw a WebSocket handshake the first time, a plain GET the second.
+        assert expected in body
+    writer.close()
+
+
+async def test_caps_per_route_and_per_client(
+    upstream: tuple[Upstream, int], gateways: list[RunningGateway]
+) -> None:
+    _, port = upstream
+    gateway = await relay_gateway(gateways, port, max_connections=2, max_per_client=1)
+    async with aiohttp.ClientSession() as session:
+        first = await session.ws_connect(url(gateway))
+        # Same client IP (loopback): the per-client cap answers 429 before any 101.
+        with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+            await session.ws_connect(url(gateway))
+        assert caught.value.status == 429
+        await first.close()
+        # The slot is free again once the relay ended.
+        for _ in range(50):
+            if gateway.websockets.total == 0:
+                break
+            await asyncio.sleep(0.05)
+        second = await session.ws_connect(url(gateway))
+        await second.send_str("still works")
+        assert await second.receive_str(timeout=5) == "still works"
+        await second.close()
+
+
+async def test_the_route_cap_answers_503(
+    upstream: tuple[Upstream, int], gateways: list[RunningGateway]
+) -> None:
+    _, port = upstream
+    gateway = await relay_gateway(gateways, port, max_connections=1)
+    async with aiohttp.ClientSession() as session:
+        first = await session.ws_connect(url(gateway))
+        with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+            await session.ws_connect(url(gateway))
+        assert caught.value.status == 503
+        await first.close()
+
+
+async def test_the_global_cap_answers_503(
+    upstream: tuple[Upstream, int], gateways: list[RunningGateway]
+) -> None:
+    _, port = upstream
+    server = ServerConfig(limits=replace(ServerLimits(), max_websockets=1))
+    gateway = await relay_gateway(gateways, port, server=server)
+    async with aiohttp.ClientSession() as session:
+        first = await session.ws_connect(url(gateway))
+        with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
+            await session.ws_connect(url(gateway))
+        assert caught.value.status == 503
+        await first.close()
