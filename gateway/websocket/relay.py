@@ -363,23 +363,28 @@ class Relay:
                 side.transport.abort()
 
     def _tick(self) -> None:
-        """Idle check, every half of idle_timeout: ping a quiet side, close a silent one."""
+        """Every half of idle_timeout: a side silent since the last tick's ping is closed
+        (1001), a side quiet for about half the timeout is pinged. A side the relay stopped
+        reading (backpressure) is not silent, only unread."""
         self._timer = None
         if self.done.done():
             return
         now = self._loop.time()
-        timeout = self._config.idle_timeout
+        half = self._config.idle_timeout / 2
         for side in (self.client, self.upstream):
-            quiet = now - side.last_seen
-            if quiet >= timeout:
+            if side.lost or side.read_paused:
+                continue
+            if side.pinged:
                 for each in (self.client, self.upstream):
                     self._close(each, CLOSE_GOING_AWAY, "idle timeout")
                 self._arm_close_timer()
                 return
-            if quiet >= timeout / 2 and not side.pinged and not side.close_sent:
+            # 0.9: the tick may come a little early or the last frame a little late; a side
+            # must not escape its ping by a few milliseconds.
+            if now - side.last_seen >= half * 0.9 and not side.close_sent:
                 side.pinged = True
                 self._send(side, None, OP_PING, IDLE_PING)
-        self._timer = self._loop.call_later(timeout / 2, self._tick)
+        self._timer = self._loop.call_later(half, self._tick)
 
     def _finish(self) -> None:
         for timer in (self._timer, self._close_timer):

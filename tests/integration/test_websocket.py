@@ -248,3 +248,153 @@ async def test_the_global_cap_answers_503(
             await session.ws_connect(url(gateway))
         assert caught.value.status == 503
         await first.close()
+
+
+async def test_a_reload_never_cuts_an_established_relay(
+    upstream: tuple[Upstream, int], gateways: list[RunningGateway]
+) -> None:
+    _, port = upstream
+    gateway = await relay_gateway(gateways, port, max_message_size=1000)
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(url(gateway))
+        # The new config drops WebSockets from the route altogether.
+        plain = RouteConfig(name="live", upstream="origin")
+        gateway.reload(gateway_config([upstream_to("origin", port)], [plain]))
+        # The open relay finishes on its old route, its old limits included.
+        await ws.send_str("still relayed")
+        assert await ws.receive_str(timeout=5) == "still relayed"
+        await ws.send_bytes(b"x" * 1001)
+        message = await ws.receive(timeout=5)
+        assert (message.type, message.data) == (WSMsgType.CLOSE, WSCloseCode.MESSAGE_TOO_BIG)
+        # A new upgrade follows the new config: forwarded as a plain request.
+        with pytest.raises(aiohttp.WSServerHandshakeError):
+            await session.ws_connect(url(gateway))
+
+
+async def test_draining_closes_both_sides_with_1001(
+    upstream: tuple[Upstream, int], gateways: list[RunningGateway]
+) -> None:
+    recorder, port = upstream
+    gateway = await relay_gateway(gateways, port)
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(url(gateway))
+        await ws.send_str("hello")
+        assert await ws.receive_str(timeout=5) == "hello"
+        drained = asyncio.create_task(gateway.drain(5.0))
+        message = await ws.receive(timeout=5)
+        assert (message.type, message.data) == (WSMsgType.CLOSE, WSCloseCode.GOING_AWAY)
+        await asyncio.wait_for(recorder.closed.wait(), 5)
+        assert recorder.closes[-1][0] == WSCloseCode.GOING_AWAY
+        await asyncio.wait_for(drained, 10)
+        gateways.remove(gateway)
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    """One unmasked frame from the gateway (raw client side)."""
+    first, second = await reader.readexactly(2)
+    size = second & 0x7F
+    if size == 126:
+        size = int.from_bytes(await reader.readexactly(2), "big")
+    elif size == 127:
+        size = int.from_bytes(await reader.readexactly(8), "big")
+    return first & 0x0F, await reader.readexactly(size)
+
+
+async def raw_upgrade(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection(LOCAL, port)
+    key = base64.b64encode(os.urandom(16))
+    writer.write(
+        b"GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + key + b"\r\n\r\n"
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert head.startswith(b"HTTP/1.1 101 "), head
+    return reader, writer
+
+
+async def test_a_silent_client_is_pinged_then_closed(
+    upstream: tuple[Upstream, int], gateways: list[RunningGateway]
+) -> None:
+    recorder, port = upstream
+    gateway = await relay_gateway(gateways, port, idle_timeout=1.0)
+    reader, writer = await raw_upgrade(gateway.address[1])
+    try:
+        # This client never answers: a ping at half the timeout, then 1001.
+        opcode, payload = await asyncio.wait_for(read_frame(reader), 3)
+        assert opcode == 0x9
+        opcode, payload = await asyncio.wait_for(read_frame(reader), 3)
+        assert opcode == 0x8
+        assert int.from_bytes(payload[:2], "big") == WSCloseCode.GOING_AWAY
+        assert payload[2:] == b"idle timeout"
+    finally:
+        writer.close()
+    await asyncio.wait_for(recorder.closed.wait(), 5)
+
+
+async def test_a_client_that_answers_pings_stays_open(
+    upstream: tuple[Upstream, int], gateways: list[RunningGateway]
+) -> None:
+    _, port = upstream
+    gateway = await relay_gateway(gateways, port, idle_timeout=0.6)
+    async with aiohttp.ClientSession() as session, session.ws_connect(url(gateway)) as ws:
+        # aiohttp answers pings (autoping) while something waits in receive(), as a browser
+        # always does; the upstream's handler waits in its loop.
+        received = asyncio.create_task(ws.receive(timeout=10))
+        await asyncio.sleep(2.0)
+        assert not received.done()
+        await ws.send_str("still here")
+        message = await received
+        assert (message.type, message.data) == (WSMsgType.TEXT, "still here")
+
+
+async def test_a_client_dropping_closes_the_upstream_with_1001(
+    upstream: tuple[Upstream, int], gateways: list[RunningGateway]
+) -> None:
+    recorder, port = upstream
+    gateway = await relay_gateway(gateways, port)
+    reader, writer = await raw_upgrade(gateway.address[1])
+    writer.transport.abort()
+    await asyncio.wait_for(recorder.closed.wait(), 5)
+    assert recorder.closes[-1][0] == WSCloseCode.GOING_AWAY
+    for _ in range(50):
+        if gateway.websockets.total == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert gateway.websockets.total == 0
+    del reader
+
+
+async def test_an_upstream_dropping_closes_the_client_with_1011(
+    upstream: tuple[Upstream, int], gateways: list[RunningGateway]
+) -> None:
+    recorder, port = upstream
+    gateway = await relay_gateway(gateways, port)
+    async with aiohttp.ClientSession() as session, session.ws_connect(url(gateway)) as ws:
+        await ws.send_str("hi")
+        assert await ws.receive_str(timeout=5) == "hi"
+        transport = recorder.sockets[-1]._req.transport  # type: ignore[union-attr]
+        assert transport is not None
+        transport.abort()
+        message = await ws.receive(timeout=5)
+        assert (message.type, message.data) == (WSMsgType.CLOSE, WSCloseCode.INTERNAL_ERROR)
+
+
+async def test_permessage_deflate_on_each_hop(
+    upstream: tuple[Upstream, int], gateways: list[RunningGateway]
+) -> None:
+    recorder, port = upstream
+    gateway = await relay_gateway(gateways, port, permessage_deflate=True)
+    text = '{"event": "tick", "value": 42}' * 200
+    async with (
+        aiohttp.ClientSession() as session,
+        session.ws_connect(url(gateway), compress=15) as ws,
+    ):
+        # Negotiated without context takeover with the client...
+        extensions = ws._response.headers["Sec-WebSocket-Extensions"]
+        assert "permessage-deflate" in extensions
+        assert "server_no_context_takeover" in extensions
+        for _ in range(3):
+            await ws.send_str(text)
+            assert await ws.receive_str(timeout=5) == text
+    # ...and offered to the upstream on its own hop.
+    assert "permessage-deflate" in recorder.handshakes[-1]["Sec-WebSocket-Extensions"]
