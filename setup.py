@@ -15,10 +15,10 @@ import os
 from setuptools import setup
 
 # The request path: parsing, edge checks, routing, header rules, the upstream transport, the relay,
-# the rate limiter, the cache (not its Redis store, for the reason below), compression. Not the
-# errors.py modules (gateway/, ratelimit/, redisproto/): mypyc's native classes keep no
-# class-level defaults for subclasses to override, which the error classes rely on
-# (close_connection, status, code), and it cannot compile subclasses of built-in exceptions.
+# the rate limiter, the cache (not its Redis store, for the reason below), compression, the
+# WebSocket relay. Not the errors.py modules (gateway/, ratelimit/, redisproto/): mypyc's native
+# classes keep no class-level defaults for subclasses to override, which the error classes rely
+# on (close_connection, status, code).
 # Not gateway/ratelimit/redis_backend.py: compiled, in a worker process the NOSCRIPT error reply
 # escaped its `except RedisError` (and the stage's `except Exception`), its traceback growing from
 # request to request, and a decision took ~5 ms instead of ~0.3 ms; called directly, compiled, it
@@ -61,6 +61,12 @@ COMPILED = [
     "gateway/upstream/pool.py",
     "gateway/upstream/request.py",
     "gateway/upstream/response.py",
+    "gateway/websocket/deflate.py",
+    "gateway/websocket/frames.py",
+    "gateway/websocket/handshake.py",
+    "gateway/websocket/relay.py",
+    "gateway/websocket/stage.py",
+    "gateway/websocket/upstream.py",
 ]
 
 ext_modules = []

@@ -490,13 +490,18 @@ class ClientConnection(asyncio.Protocol):
         if held:
             hooks.received(held)
 
-    def _release_held(self) -> None:
-        """The Upgrade request got a plain answer: parse what followed it as HTTP."""
+    def _release_held(self) -> bool:
+        """The Upgrade request got a plain answer: parse what followed it as HTTP; whether
+        that dispatched a next request.
+
+        (A separate result rather than a look at ``_current`` afterwards: mypy, and so mypyc,
+        would keep ``_current`` narrowed to the None the caller just set.)"""
         self._holding = False
         held, self._held = self._held, b""
         self._resume(4)
         if held:
             self.data_received(held)
+        return self._current is not None
 
     # ---------------------------------------------------------------------- dispatching
 
@@ -556,10 +561,8 @@ class ClientConnection(asyncio.Protocol):
             else:
                 self.close()
             return
-        if self._holding:
-            self._release_held()  # may parse and dispatch the next request
-            if self._current is not None:
-                return
+        if self._holding and self._release_held():
+            return  # the held bytes held the next request: it is dispatched
         if self._queue:
             self._dispatch()
         elif self._stopped:
