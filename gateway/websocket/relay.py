@@ -57,10 +57,24 @@ TO_UPSTREAM: Final = "to_upstream"
 TO_CLIENT: Final = "to_client"
 
 
+_KEYS = bytearray()
+
+
+def mask_key() -> bytes:
+    """4 bytes from the system's CSPRNG for a frame's mask (RFC 6455 §5.3: unpredictable),
+    drawn 4 KiB at a time: one getrandom call per 1,024 frames, not one per frame."""
+    if not _KEYS:
+        _KEYS.extend(os.urandom(4096))
+    key = bytes(_KEYS[-4:])
+    del _KEYS[-4:]
+    return key
+
+
 class Side:
     """One hop: its transport, the parser of what it sends, and what waits to be sent to it."""
 
     __slots__ = (
+        "batch",
         "close_received",
         "close_sent",
         "closing",
@@ -103,6 +117,9 @@ class Side:
         self.direction = TO_CLIENT if is_client else TO_UPSTREAM
         self.outbox: deque[bytes] = deque()
         self.outbox_bytes = 0
+        # Frames made while one read is processed, written together after it: one send for
+        # all the messages a read brought, not one each.
+        self.batch: list[bytes] = []
         self.write_paused = False
         self.read_paused = False
         self.close_sent = False
@@ -120,6 +137,7 @@ class Relay:
     """Relays messages between ``client`` and ``upstream`` until both connections are gone."""
 
     __slots__ = (
+        "_batching",
         "_close_timer",
         "_config",
         "_loop",
@@ -171,6 +189,7 @@ class Relay:
             config.idle_timeout / 2, self._tick
         )
         self._close_timer: asyncio.TimerHandle | None = None
+        self._batching = False
 
     def other(self, side: Side) -> Side:
         return self.upstream if side is self.client else self.client
@@ -182,12 +201,27 @@ class Relay:
         side.pinged = False
         if side.close_received:
             return  # nothing is read after a Close frame (§5.5.1)
+        self._batching = True
         try:
             messages = side.parser.feed(data)
             for message in messages:
                 self._message(side, message)
         except ProtocolError as error:
             self._fail(side, error.code, error.reason)
+        finally:
+            self._batching = False
+            self._write_batch(self.other(side))
+            self._write_batch(side)
+
+    def _write_batch(self, side: Side) -> None:
+        batch = side.batch
+        if batch:
+            data = batch[0] if len(batch) == 1 else b"".join(batch)
+            batch.clear()
+            if not side.lost:
+                side.transport.write(data)  # may pause writing (pause_writing)
+            if side.closing and not side.outbox:
+                side.transport.close()
 
     def writable(self, side: Side, writable: bool) -> None:
         side.write_paused = not writable
@@ -265,12 +299,15 @@ class Relay:
             payload = deflate.compress_message(payload, target.deflate_bits)
             rsv1 = True
         frame = encode_frame(
-            opcode, payload, mask_key=os.urandom(4) if target.masks else None, rsv1=rsv1
+            opcode, payload, mask_key=mask_key() if target.masks else None, rsv1=rsv1
         )
         if opcode == OP_CLOSE:
             target.close_sent = True
         if not target.outbox and not target.write_paused:
-            target.transport.write(frame)
+            if self._batching:
+                target.batch.append(frame)
+            else:
+                target.transport.write(frame)
             return
         target.outbox.append(frame)
         target.outbox_bytes += len(frame)
@@ -333,7 +370,9 @@ class Relay:
         wait for the upstream to do so either)."""
         if side.close_sent and side.close_received and not side.closing:
             side.closing = True
-            if not side.outbox:
+            # A batch still to write (the Close frame among it) is written first, and the
+            # connection closed then (`_write_batch`).
+            if not side.outbox and not side.batch:
                 side.transport.close()
 
     def _fail(self, side: Side, code: int, reason: str) -> None:

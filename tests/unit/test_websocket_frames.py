@@ -22,6 +22,7 @@ from gateway.websocket.frames import (
     OP_TEXT,
     FrameParser,
     ProtocolError,
+    _mask_with_ints,
     apply_mask,
     close_payload,
     encode_frame,
@@ -232,3 +233,10 @@ def test_masking_is_its_own_inverse(data: bytes, key: bytes) -> None:
     assert apply_mask(masked, key) == data
     if data:
         assert masked[0] == data[0] ^ key[0]
+
+
+@given(st.binary(max_size=3000), st.binary(min_size=4, max_size=4))
+def test_the_fallback_masking_matches(data: bytes, key: bytes) -> None:
+    fallback = bytearray(data)
+    _mask_with_ints(key, fallback)
+    assert bytes(fallback) == apply_mask(data, key)
