@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import os
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
@@ -17,6 +18,7 @@ from gateway.app import RunningGateway, start
 from gateway.config.model import RouteConfig, ServerConfig, ServerLimits, WebSocketConfig
 from gateway.websocket.frames import OP_BINARY
 from tests.harness import LOCAL, gateway_config, serve_app, upstream_to
+from tests.integration.test_observability import scrape
 
 
 class Upstream:
@@ -35,6 +37,11 @@ class Upstream:
         self.sockets.append(ws)
         async for message in ws:
             if message.type == WSMsgType.TEXT:
+                if message.data.startswith("flood:"):
+                    # Send N 16 KiB messages, whether or not anyone reads them.
+                    for _ in range(int(message.data[6:])):
+                        await ws.send_bytes(bytes(16384))
+                    continue
                 if message.data.startswith("close:"):
                     _, code, reason = message.data.split(":", 2)
                     await ws.close(code=int(code), message=reason.encode())
@@ -67,10 +74,11 @@ async def relay_gateway(
     gateways: list[RunningGateway],
     port: int,
     server: ServerConfig | None = None,
+    name: str = "live",
     **options: object,
 ) -> RunningGateway:
     config = WebSocketConfig(**options)  # type: ignore[arg-type]
-    route = RouteConfig(name="live", upstream="origin", websocket=config)
+    route = RouteConfig(name=name, upstream="origin", websocket=config)
     gateway = await start(gateway_config([upstream_to("origin", port)], [route], server))
     gateways.append(gateway)
     return gateway
@@ -398,3 +406,50 @@ async def test_permessage_deflate_on_each_hop(
             assert await ws.receive_str(timeout=5) == text
     # ...and offered to the upstream on its own hop.
     assert "permessage-deflate" in recorder.handshakes[-1]["Sec-WebSocket-Extensions"]
+
+
+async def test_a_full_queue_closes_both_sides_with_1013_when_so_configured(
+    upstream: tuple[Upstream, int], gateways: list[RunningGateway]
+) -> None:
+    recorder, port = upstream
+    gateway = await relay_gateway(
+        gateways, port, queue_messages=4, queue_bytes=65536, on_overflow="close"
+    )
+    async with aiohttp.ClientSession() as session, session.ws_connect(url(gateway)) as ws:
+        # 64 MiB the client does not read: kernel buffers fill, then the queue, then 1013.
+        await ws.send_str("flood:4096")
+        await asyncio.wait_for(recorder.closed.wait(), 30)
+        assert recorder.closes[-1][0] == WSCloseCode.TRY_AGAIN_LATER
+        while True:
+            message = await ws.receive(timeout=10)
+            if message.type != WSMsgType.BINARY:
+                break
+        assert (message.type, message.data) == (WSMsgType.CLOSE, WSCloseCode.TRY_AGAIN_LATER)
+
+
+async def test_websocket_metrics_count_relays_messages_and_refusals(
+    upstream: tuple[Upstream, int], gateways: list[RunningGateway]
+) -> None:
+    _, port = upstream
+    route = f"ws-{uuid.uuid4().hex[:8]}"
+    gateway = await relay_gateway(gateways, port, name=route, max_per_client=1)
+    async with aiohttp.ClientSession() as session:
+        ws = await session.ws_connect(url(gateway))
+        for text in ("one", "two", "three"):
+            await ws.send_str(text)
+            assert await ws.receive_str(timeout=5) == text
+        with pytest.raises(aiohttp.WSServerHandshakeError):
+            await session.ws_connect(url(gateway))
+        gateway.flush_metrics()
+        for _ in range(40):  # the gauge is sampled once a second
+            samples = await scrape(session, gateway)
+            if samples.get(f"gateway_websocket_connections{{route={route}}}") == 1:
+                break
+            await asyncio.sleep(0.05)
+        await ws.close()
+    up, down = f"direction=to_upstream,route={route}", f"direction=to_client,route={route}"
+    assert samples[f"gateway_websocket_connections{{route={route}}}"] == 1
+    assert samples[f"gateway_websocket_messages_total{{{up}}}"] == 3
+    assert samples[f"gateway_websocket_messages_total{{{down}}}"] == 3
+    assert samples[f"gateway_websocket_bytes_total{{{up}}}"] == len("onetwothree")
+    assert samples[f"gateway_websocket_rejected_total{{reason=client_limit,route={route}}}"] == 1
