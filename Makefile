@@ -48,6 +48,8 @@ bench: compiled
 	mkdir -p loadtests/results
 	$(BIN)/python loadtests/bench.py --gateway-build $(COMPILED) \
 		--json loadtests/results/bench.json --png loadtests/results/bench.png $(BENCH_ARGS)
+	$(BIN)/python loadtests/websocket_bench.py --gateway-build $(COMPILED) \
+		--json loadtests/results/websocket.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
