@@ -29,7 +29,7 @@ from gateway.ratelimit.backends import RateLimitBackends
 from gateway.runtime import Runtime
 from gateway.server import Dispatcher, GatewayServer
 from gateway.upstream.pool import UpstreamPool
-from gateway.websocket.stage import WebSocketCaps
+from gateway.websocket.caps import WebSocketCaps
 
 log = get_logger("gateway")
 
@@ -138,6 +138,7 @@ class RunningGateway:
             await task
         await self.rate_limits.close()
         await self.caches.close()
+        self.websockets.close()
         if self.admin is not None:
             await self.admin.cleanup()
         self.stopped.set()

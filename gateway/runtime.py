@@ -24,7 +24,8 @@ from gateway.proxy import Forwarder
 from gateway.ratelimit.backends import RateLimitBackends
 from gateway.routing import Router
 from gateway.upstream.pool import UpstreamPool
-from gateway.websocket.stage import WebSocketCaps, WebSocketStage
+from gateway.websocket.caps import WebSocketCaps
+from gateway.websocket.stage import WebSocketStage
 
 
 # weakref_slot: the rate-limit tables a runtime uses are given back by a finalizer on it.
@@ -67,8 +68,6 @@ class Runtime:
                 pools[upstream.name] = UpstreamPool(upstream)
         handlers: dict[str, Handler] = {}
         upgrade_handlers: dict[str, Handler] = {}
-        if websockets is None:
-            websockets = WebSocketCaps()
         leases: list[str] = []
         for route in config.routes:
             forward = Forwarder(route, pools[route.upstream], config.server.via_name, metrics)
@@ -85,6 +84,8 @@ class Runtime:
                 stages.append(CompressionStage(route.compression, metrics))
             handlers[route.name] = compose(stages, forward)
             if route.websocket is not None:
+                if websockets is None:
+                    raise ValueError("a route relays WebSockets: Runtime.build needs their caps")
                 upstream = config.upstream(route.upstream)
                 relay = WebSocketStage(
                     route,

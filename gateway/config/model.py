@@ -37,7 +37,7 @@ class ServerLimits:
     max_line: int = 8190
     # Requests served on one client connection before it is closed (HARDENING.md).
     max_requests_per_connection: int = 1000
-    # WebSocket relays open at once in a worker process, all routes together (503 beyond).
+    # WebSocket relays open at once, all workers and routes together (503 beyond).
     max_websockets: int = 10_000
 
 
@@ -280,9 +280,9 @@ class WebSocketConfig:
     """A route's WebSocket relaying. ``websocket: {enabled: false}`` (the default) is none:
     an Upgrade request is then forwarded as a plain request, without its Upgrade field."""
 
-    # Relays open at once on this route in a worker process (503 beyond).
+    # Relays open at once on this route, all workers together (503 beyond).
     max_connections: int = 1000
-    # Relays open at once per client IP on this route in a worker process (429 beyond); None:
+    # Relays open at once per client IP on this route, all workers together (429 beyond); None:
     # no cap (behind an L4 balancer every client may share one address).
     max_per_client: int | None = None
     # A message (all its frames; inflated, when compressed) beyond this closes with 1009.

@@ -27,6 +27,7 @@ from gateway.observability.request_metrics import RequestMetrics
 from gateway.routing import strip_prefix
 from gateway.upstream.pool import UpstreamPool
 from gateway.websocket import deflate
+from gateway.websocket.caps import WebSocketCaps
 from gateway.websocket.handshake import (
     BadUpstreamAnswer,
     ClientOffer,
@@ -39,55 +40,6 @@ from gateway.websocket.handshake import (
 )
 from gateway.websocket.relay import Relay, Side
 from gateway.websocket.upstream import RelayHooks, UpstreamSide
-
-
-class WebSocketCaps:
-    """Relays open in this worker: in all, per route, per route and client IP.
-
-    Kept across reloads (one per worker). The per-client table holds only clients with a
-    relay open, so it is bounded by the global cap.
-    """
-
-    __slots__ = ("_by_client", "_by_route", "total")
-
-    def __init__(self) -> None:
-        self.total = 0
-        self._by_route: dict[str, int] = {}
-        self._by_client: dict[tuple[str, str], int] = {}
-
-    def acquire(self, route: str, client_ip: str, config: WebSocketConfig, limit: int) -> None:
-        """Take a slot, or raise WebSocketCapacity (503) / WebSocketClientLimit (429)."""
-        if self.total >= limit:
-            raise WebSocketCapacity(f"{limit} WebSockets are open, the gateway's cap")
-        on_route = self._by_route.get(route, 0)
-        if on_route >= config.max_connections:
-            raise WebSocketCapacity(f"route {route!r} has {on_route} WebSockets open, its cap")
-        key = (route, client_ip)
-        mine = self._by_client.get(key, 0)
-        if config.max_per_client is not None and mine >= config.max_per_client:
-            raise WebSocketClientLimit(
-                f"this client has {mine} WebSockets open on route {route!r}, its cap"
-            )
-        self.total += 1
-        self._by_route[route] = on_route + 1
-        self._by_client[key] = mine + 1
-
-    def release(self, route: str, client_ip: str) -> None:
-        self.total -= 1
-        left = self._by_route[route] - 1
-        if left:
-            self._by_route[route] = left
-        else:
-            del self._by_route[route]
-        key = (route, client_ip)
-        mine = self._by_client[key] - 1
-        if mine:
-            self._by_client[key] = mine
-        else:
-            del self._by_client[key]
-
-    def by_route(self) -> dict[str, int]:
-        return dict(self._by_route)
 
 
 class _ClientHooks(TunnelHooks):

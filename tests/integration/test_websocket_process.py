@@ -53,18 +53,20 @@ async def flooder() -> AsyncIterator[tuple[Flooder, int]]:
         yield upstream, port
 
 
-def start_relaying_gateway(tmp_path: Path, port: int) -> GatewayProcess:
+def start_relaying_gateway(
+    tmp_path: Path, port: int, workers: int = 1, websocket: str = "enabled: true"
+) -> GatewayProcess:
     config = tmp_path / "gateway.yaml"
     config.write_text(
         textwrap.dedent(
             f"""\
-            server: {{listen: "127.0.0.1:0", timeouts: {{drain: 10s}}}}
+            server: {{listen: "127.0.0.1:0", workers: {workers}, timeouts: {{drain: 10s}}}}
             admin: {{listen: "127.0.0.1:0"}}
             logging: {{access_log: false}}
             upstreams:
               app: {{targets: ["http://127.0.0.1:{port}"]}}
             routes:
-              - {{name: live, upstream: app, websocket: {{enabled: true}}}}
+              - {{name: live, upstream: app, websocket: {{{websocket}}}}}
             """
         )
     )
@@ -142,3 +144,36 @@ async def test_sigterm_closes_both_sides_with_1001(
     finally:
         if gateway.process.poll() is None:
             gateway.process.kill()
+
+
+async def test_a_client_cap_holds_across_workers(
+    tmp_path: Path, flooder: tuple[Flooder, int]
+) -> None:
+    """Two workers share the port; a client's connections land on either. Its one allowed
+    WebSocket counts on both: every further attempt is refused, whichever worker takes it."""
+    _, port = flooder
+    gateway = start_relaying_gateway(tmp_path, port, workers=2, websocket="max_per_client: 1")
+    target = f"http://{LOCAL}:{gateway.port}/ws"
+    try:
+        async with aiohttp.ClientSession() as session:
+            first = await session.ws_connect(target)
+            for _ in range(12):  # new connections: the kernel spreads them over both workers
+                connector = aiohttp.TCPConnector(force_close=True)
+                async with aiohttp.ClientSession(connector=connector) as fresh:
+                    with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                        await fresh.ws_connect(target)
+                    assert refused.value.status == 429
+            await first.close()
+            # The slot is back, on whichever worker the next one lands.
+            for _ in range(50):
+                try:
+                    second = await session.ws_connect(target)
+                    break
+                except aiohttp.WSServerHandshakeError:
+                    await asyncio.sleep(0.1)
+            await second.send_str("hello")
+            assert await second.receive_str(timeout=5) == "hello"
+            await second.close()
+    finally:
+        gateway.terminate()
+        assert await asyncio.to_thread(gateway.process.wait, 30) == 0
