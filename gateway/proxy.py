@@ -7,7 +7,7 @@ from time import perf_counter
 from gateway import headers as header_rules
 from gateway.config.model import RouteConfig
 from gateway.errors import BadGateway, GatewayError, GatewayTimeout, UpstreamBusy
-from gateway.messages import ProxyRequest, ProxyResponse
+from gateway.messages import Headers, ProxyRequest, ProxyResponse
 from gateway.observability.request_metrics import RequestMetrics
 from gateway.routing import strip_prefix
 from gateway.upstream.pool import UpstreamPool
@@ -22,10 +22,43 @@ def _error_kind(error: GatewayError) -> str:
     return "connect"
 
 
+class Rewriter:
+    """A route's request as its upstream gets it (RFC 9110 §7.6): the target without the
+    route's prefix (`strip_prefix`), the forwarded fields with Via and the request id; and the
+    Via element for the answers relayed back."""
+
+    __slots__ = ("_prefix", "_via_by_version", "via_response")
+
+    def __init__(self, route: RouteConfig, via_name: str) -> None:
+        self._prefix = route.match.path_prefix if route.strip_prefix else None
+        # RFC 9110 §7.6.3: Via names the protocol version each hop received the message with.
+        self._via_by_version = {
+            version: header_rules.via_value(version, via_name) for version in ((1, 0), (1, 1))
+        }
+        self.via_response = header_rules.via_value((1, 1), via_name)
+
+    def target(self, request: ProxyRequest) -> bytes:
+        if self._prefix is None:
+            return request.target
+        return strip_prefix(request.target, self._prefix)
+
+    def fields(self, request: ProxyRequest, request_id: bytes) -> Headers:
+        return header_rules.upstream_request_headers(
+            request.headers,
+            peer_trusted=request.peer_trusted,
+            peer_ip=request.peer_ip,
+            scheme=request.scheme,
+            authority=request.authority,
+            request_id=request_id,
+            via=self._via_by_version[request.version],
+            end_to_end=True,
+        )
+
+
 class Forwarder:
     """Rewrites the head for the upstream (RFC 9110 §7.6), sends it, and relays the answer."""
 
-    __slots__ = ("_metrics", "_pool", "_prefix", "_upstream", "_via_by_version", "_via_response")
+    __slots__ = ("_metrics", "_pool", "_rewriter", "_upstream", "_via_response")
 
     def __init__(
         self, route: RouteConfig, pool: UpstreamPool, via_name: str, metrics: RequestMetrics
@@ -33,29 +66,14 @@ class Forwarder:
         self._pool = pool
         self._upstream = route.upstream
         self._metrics = metrics
-        self._prefix = route.match.path_prefix if route.strip_prefix else None
-        # RFC 9110 §7.6.3: Via names the protocol version each hop received the message with.
-        self._via_by_version = {
-            version: header_rules.via_value(version, via_name) for version in ((1, 0), (1, 1))
-        }
-        self._via_response = header_rules.via_value((1, 1), via_name)
+        self._rewriter = Rewriter(route, via_name)
+        self._via_response = self._rewriter.via_response
 
     async def __call__(self, request: ProxyRequest) -> ProxyResponse:
-        target = request.target
-        if self._prefix is not None:
-            target = strip_prefix(target, self._prefix)
+        rewriter = self._rewriter
+        target = rewriter.target(request)
         request_id = request.request_id.encode("ascii")
-        via_request = self._via_by_version[request.version]
-        fields = header_rules.upstream_request_headers(
-            request.headers,
-            peer_trusted=request.peer_trusted,
-            peer_ip=request.peer_ip,
-            scheme=request.scheme,
-            authority=request.authority,
-            request_id=request_id,
-            via=via_request,
-            end_to_end=True,
-        )
+        fields = rewriter.fields(request, request_id)
         sent = perf_counter()
         try:
             upstream = await self._pool.request(

@@ -82,7 +82,11 @@ def handshake(port: int) -> bytes:
 # --- the upstream: answers each client frame with one server frame ----------------------------
 
 
-class Echo(asyncio.Protocol):
+class FrameCounter(asyncio.Protocol):
+    """A handshake head, then frames of one known size, counted, never parsed."""
+
+    frame_size = 0
+
     def __init__(self) -> None:
         self.head = b""
         self.upgraded = False
@@ -93,29 +97,46 @@ class Echo(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
-        transport = self.transport
-        assert transport is not None
         if not self.upgraded:
             self.head += data
             end = self.head.find(b"\r\n\r\n")
-            if end < 0:
+            if end < 0 or not self.on_head(self.head[:end]):
                 return
-            head, data = self.head[:end], self.head[end + 4 :]
-            key = next(
-                line.split(b":", 1)[1].strip()
-                for line in head.split(b"\r\n")
-                if line.lower().startswith(b"sec-websocket-key:")
-            )
-            accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
-            transport.write(
-                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
-                b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
-            )
+            data = self.head[end + 4 :]
             self.upgraded = True
         self.pending += len(data)
-        count, self.pending = divmod(self.pending, len(CLIENT_FRAME))
+        count, self.pending = divmod(self.pending, self.frame_size)
         if count:
-            transport.write(SERVER_FRAME * count)
+            self.on_frames(count)
+
+    def on_head(self, head: bytes) -> bool:
+        """The peer's handshake head; whether frames follow."""
+        raise NotImplementedError
+
+    def on_frames(self, count: int) -> None:
+        raise NotImplementedError
+
+
+class Echo(FrameCounter):
+    """The upstream: answers each client frame with one server frame."""
+
+    frame_size = len(CLIENT_FRAME)
+
+    def on_head(self, head: bytes) -> bool:
+        key = next(
+            line.split(b":", 1)[1].strip()
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-key:")
+        )
+        accept = base64.b64encode(hashlib.sha1(key + GUID).digest())
+        cast(asyncio.Transport, self.transport).write(
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n"
+            b"Connection: Upgrade\r\nSec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+        )
+        return True
+
+    def on_frames(self, count: int) -> None:
+        cast(asyncio.Transport, self.transport).write(SERVER_FRAME * count)
 
 
 async def serve_upstream(port: int) -> None:
@@ -128,44 +149,37 @@ async def serve_upstream(port: int) -> None:
 # --- the client: a window of frames in flight per connection ----------------------------------
 
 
-class Client(asyncio.Protocol):
+class Client(FrameCounter):
+    """Keeps ``window`` frames in flight, sending one more for each echo."""
+
+    frame_size = len(SERVER_FRAME)
+
     def __init__(self, window: int, ready: asyncio.Future[None], port: int) -> None:
+        super().__init__()
         self.window = window
         self.ready = ready
         self.port = port
-        self.head = b""
-        self.upgraded = False
-        self.pending = 0
         self.received = 0
         self.running = True
-        self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's is not a subclass
-        self.transport.write(handshake(self.port))
+        super().connection_made(transport)
+        cast(asyncio.Transport, self.transport).write(handshake(self.port))
 
-    def data_received(self, data: bytes) -> None:
-        transport = self.transport
-        assert transport is not None
-        if not self.upgraded:
-            self.head += data
-            end = self.head.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            if not self.head.startswith(b"HTTP/1.1 101"):
-                self.ready.set_exception(RuntimeError(self.head[:200].decode("latin-1")))
-                return
-            data = self.head[end + 4 :]
-            self.upgraded = True
-            if not self.ready.done():
-                self.ready.set_result(None)
-            if self.window:
-                transport.write(CLIENT_FRAME * self.window)
-        self.pending += len(data)
-        count, self.pending = divmod(self.pending, len(SERVER_FRAME))
+    def on_head(self, head: bytes) -> bool:
+        if not head.startswith(b"HTTP/1.1 101"):
+            self.ready.set_exception(RuntimeError(head[:200].decode("latin-1")))
+            return False
+        if not self.ready.done():
+            self.ready.set_result(None)
+        if self.window:
+            cast(asyncio.Transport, self.transport).write(CLIENT_FRAME * self.window)
+        return True
+
+    def on_frames(self, count: int) -> None:
         self.received += count
-        if count and self.running:
-            transport.write(CLIENT_FRAME * count)
+        if self.running:
+            cast(asyncio.Transport, self.transport).write(CLIENT_FRAME * count)
 
 
 async def open_clients(

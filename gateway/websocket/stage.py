@@ -24,7 +24,7 @@ from gateway.errors import (
 )
 from gateway.messages import CompleteBody, ProxyRequest, ProxyResponse
 from gateway.observability.request_metrics import RequestMetrics
-from gateway.routing import strip_prefix
+from gateway.proxy import Rewriter
 from gateway.upstream.pool import UpstreamPool
 from gateway.websocket import deflate
 from gateway.websocket.caps import WebSocketCaps
@@ -39,15 +39,18 @@ from gateway.websocket.handshake import (
     upstream_fields,
 )
 from gateway.websocket.relay import Relay, Side
-from gateway.websocket.upstream import RelayHooks, UpstreamSide
+from gateway.websocket.upstream import UpstreamSide
 
 
-class _ClientHooks(TunnelHooks):
+class _SideHooks(TunnelHooks):
+    """What one side's connection tells the relay (the client's `ClientConnection` and the
+    upstream's `UpstreamSide` alike)."""
+
     __slots__ = ("_relay", "_side")
 
-    def __init__(self, relay: Relay) -> None:
+    def __init__(self, relay: Relay, side: Side) -> None:
         self._relay = relay
-        self._side = relay.client
+        self._side = side
 
     def received(self, data: bytes) -> None:
         self._relay.received(self._side, data)
@@ -60,23 +63,6 @@ class _ClientHooks(TunnelHooks):
 
     def shutdown(self) -> None:
         self._relay.shutdown()
-
-
-class _UpstreamHooks(RelayHooks):
-    __slots__ = ("_relay", "_side")
-
-    def __init__(self, relay: Relay) -> None:
-        self._relay = relay
-        self._side: Side = relay.upstream
-
-    def received(self, data: bytes) -> None:
-        self._relay.received(self._side, data)
-
-    def writable(self, writable: bool) -> None:
-        self._relay.writable(self._side, writable)
-
-    def lost(self) -> None:
-        self._relay.lost(self._side)
 
 
 class Tunnel:
@@ -128,8 +114,8 @@ class Tunnel:
             upstream_deflate=self._upstream_deflate,
         )
         relay.done.add_done_callback(lambda _: self._caps.release(self._route, self._client_ip))
-        self._side.attach(_UpstreamHooks(relay))
-        return relay, _ClientHooks(relay)
+        self._side.attach(_SideHooks(relay, relay.upstream))
+        return relay, _SideHooks(relay, relay.client)
 
     def abandon(self) -> None:
         """The client is gone before its 101: no relay."""
@@ -146,12 +132,10 @@ class WebSocketStage:
         "_limit",
         "_metrics",
         "_pool",
-        "_prefix",
         "_response_timeout",
+        "_rewriter",
         "_route",
         "_upstream",
-        "_via_by_version",
-        "_via_response",
     )
 
     def __init__(
@@ -173,12 +157,8 @@ class WebSocketStage:
         self._caps = caps
         self._limit = limit
         self._metrics = metrics
-        self._prefix = route.match.path_prefix if route.strip_prefix else None
+        self._rewriter = Rewriter(route, via_name)
         self._response_timeout = response_timeout
-        self._via_by_version = {
-            version: header_rules.via_value(version, via_name) for version in ((1, 0), (1, 1))
-        }
-        self._via_response = header_rules.via_value((1, 1), via_name)
 
     async def __call__(self, request: ProxyRequest) -> ProxyResponse:
         route = self._route
@@ -213,20 +193,9 @@ class WebSocketStage:
     ) -> ProxyResponse:
         config = self._config
         protocols = offer.protocols
-        target = request.target
-        if self._prefix is not None:
-            target = strip_prefix(target, self._prefix)
+        target = self._rewriter.target(request)
         request_id = request.request_id.encode("ascii")
-        forwarded = header_rules.upstream_request_headers(
-            request.headers,
-            peer_trusted=request.peer_trusted,
-            peer_ip=request.peer_ip,
-            scheme=request.scheme,
-            authority=request.authority,
-            request_id=request_id,
-            via=self._via_by_version[request.version],
-            end_to_end=True,
-        )
+        forwarded = self._rewriter.fields(request, request_id)
         key = new_key()
         fields = upstream_fields(forwarded, key, protocols, deflate_offer=config.permessage_deflate)
         sent = perf_counter()
@@ -240,7 +209,7 @@ class WebSocketStage:
         waited = perf_counter() - sent
         self._metrics.upstream_answered(self._upstream, waited)
         relayed = header_rules.downstream_response_headers(
-            answer.headers, request_id=request_id, via=self._via_response
+            answer.headers, request_id=request_id, via=self._rewriter.via_response
         )
         if answer.status != 101:
             # Relayed as a plain response; no tunnel opens (HARDENING.md §A).

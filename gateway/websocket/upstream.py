@@ -13,6 +13,7 @@ from typing import Final, cast
 
 import httptools
 
+from gateway.downstream.connection import TunnelHooks
 from gateway.errors import BadGateway, GatewayTimeout
 from gateway.messages import Headers
 
@@ -32,16 +33,6 @@ class UpstreamAnswer:
         # A refusal's body; bytes after a 101's head (the first frames).
         self.body = b""
         self.leftover = b""
-
-
-class RelayHooks:
-    """What the upstream side tells the relay once the tunnel is open (`UpstreamSide.attach`)."""
-
-    def received(self, data: bytes) -> None: ...
-
-    def writable(self, writable: bool) -> None: ...
-
-    def lost(self) -> None: ...
 
 
 class UpstreamSide(asyncio.Protocol):
@@ -68,7 +59,7 @@ class UpstreamSide(asyncio.Protocol):
         self._body: list[bytes] = []
         self._answer: UpstreamAnswer | None = None
         self._waiter: asyncio.Future[UpstreamAnswer] = loop.create_future()
-        self._hooks: RelayHooks | None = None
+        self._hooks: TunnelHooks | None = None
 
     async def answer(self, head: bytes, within: float) -> UpstreamAnswer:
         """Send the handshake ``head``; the upstream's answer within ``within`` seconds (its
@@ -86,7 +77,7 @@ class UpstreamSide(asyncio.Protocol):
             self.abort()
             raise
 
-    def attach(self, hooks: RelayHooks) -> None:
+    def attach(self, hooks: TunnelHooks) -> None:
         """The tunnel is open: frames (and the bytes that came with the 101) go to ``hooks``."""
         self._hooks = hooks
         answer = self._answer

@@ -231,25 +231,16 @@ async def test_caps_per_route_and_per_client(
         await second.close()
 
 
-async def test_the_route_cap_answers_503(
-    upstream: tuple[Upstream, int], gateways: list[RunningGateway]
+@pytest.mark.parametrize("cap", ["route", "global"])
+async def test_the_route_and_global_caps_answer_503(
+    upstream: tuple[Upstream, int], gateways: list[RunningGateway], cap: str
 ) -> None:
     _, port = upstream
-    gateway = await relay_gateway(gateways, port, max_connections=1)
-    async with aiohttp.ClientSession() as session:
-        first = await session.ws_connect(url(gateway))
-        with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
-            await session.ws_connect(url(gateway))
-        assert caught.value.status == 503
-        await first.close()
-
-
-async def test_the_global_cap_answers_503(
-    upstream: tuple[Upstream, int], gateways: list[RunningGateway]
-) -> None:
-    _, port = upstream
-    server = ServerConfig(limits=replace(ServerLimits(), max_websockets=1))
-    gateway = await relay_gateway(gateways, port, server=server)
+    if cap == "route":
+        gateway = await relay_gateway(gateways, port, max_connections=1)
+    else:
+        server = ServerConfig(limits=replace(ServerLimits(), max_websockets=1))
+        gateway = await relay_gateway(gateways, port, server=server)
     async with aiohttp.ClientSession() as session:
         first = await session.ws_connect(url(gateway))
         with pytest.raises(aiohttp.WSServerHandshakeError) as caught:
