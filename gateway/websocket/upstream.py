@@ -84,6 +84,9 @@ class UpstreamSide(asyncio.Protocol):
         if answer is not None and answer.leftover:
             data, answer.leftover = answer.leftover, b""
             hooks.received(data)
+        transport = self.transport
+        if transport is not None and not transport.is_closing():
+            transport.resume_reading()
 
     def abort(self) -> None:
         if self.transport is not None:
@@ -101,7 +104,12 @@ class UpstreamSide(asyncio.Protocol):
             return
         parser = self._parser
         if parser is None:
-            return  # a 101's bytes before the relay attached are kept in leftover
+            answer = self._answer
+            if answer is not None and answer.status == 101:
+                # Frames sent right after the 101 (a greeting), before the relay attached:
+                # kept for it. Reading is paused meanwhile, so this is what was in flight.
+                answer.leftover += data
+            return
         try:
             parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
@@ -109,6 +117,8 @@ class UpstreamSide(asyncio.Protocol):
             self._parser = None
             answer = self._complete_head()
             answer.leftover = data[offset:]
+            # Until the relay attaches, the upstream's frames wait in its socket.
+            cast(asyncio.Transport, self.transport).pause_reading()
             self._resolve(answer)
         except httptools.HttpParserError as error:
             self._fail(BadGateway(f"invalid answer to the WebSocket handshake: {error}"))

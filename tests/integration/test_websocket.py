@@ -35,6 +35,8 @@ class Upstream:
         ws = web.WebSocketResponse(protocols=("chat", "v2.chat"), max_msg_size=64 << 20)
         await ws.prepare(request)
         self.sockets.append(ws)
+        if request.query.get("greet"):
+            await ws.send_str("welcome")  # right after the 101, before any client message
         async for message in ws:
             if message.type == WSMsgType.TEXT:
                 if message.data.startswith("flood:"):
@@ -444,3 +446,14 @@ async def test_websocket_metrics_count_relays_messages_and_refusals(
     assert samples[f"gateway_websocket_messages_total{{{down}}}"] == 3
     assert samples[f"gateway_websocket_bytes_total{{{up}}}"] == len("onetwothree")
     assert samples[f"gateway_websocket_rejected_total{{reason=client_limit,route={route}}}"] == 1
+
+
+async def test_a_greeting_sent_right_after_the_101_reaches_the_client(
+    upstream: tuple[Upstream, int], gateways: list[RunningGateway]
+) -> None:
+    _, port = upstream
+    gateway = await relay_gateway(gateways, port)
+    async with aiohttp.ClientSession() as session:
+        for _ in range(20):  # whether or not the greeting shares a segment with the 101
+            async with session.ws_connect(url(gateway, "/ws?greet=1")) as ws:
+                assert await ws.receive_str(timeout=5) == "welcome"
