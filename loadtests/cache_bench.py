@@ -19,14 +19,14 @@ from typing import Any
 
 from features import start_redis
 from targets import (
+    add_ratio,
     free_port,
     gateway_argv,
     gateway_conf,
+    launch,
     nginx_argv,
     nginx_edge_conf,
-    start,
-    wait_for_port,
-    worker_children,
+    print_summaries,
 )
 
 PATH = "/cached"
@@ -43,12 +43,9 @@ def start_cache_targets(
     warmed: (label, port, serving pids) each."""
     redis, url = start_redis(workdir)
     processes.append(redis)
-    launched: list[tuple[str, int, subprocess.Popen[bytes], bool]] = []
     port = free_port()
     conf = nginx_edge_conf(workdir, "nginx-cache", upstreams[0], port, cache=True)
-    nginx = start(nginx_argv(workdir, conf), workdir / "nginx-cache.log")
-    processes.append(nginx)
-    launched.append(("nginx-cache", port, nginx, True))
+    argvs = {"nginx-cache": (port, nginx_argv(workdir, conf))}
     for store in ("memory", "redis"):
         port = free_port()
         conf = gateway_conf(
@@ -58,13 +55,8 @@ def start_cache_targets(
             cache=store,
             redis_url=url if store == "redis" else None,
         )
-        process = start(gateway_argv(conf, build), workdir / f"cache-{store}.log")
-        processes.append(process)
-        launched.append((f"gateway-{store}", port, process, True))
-    started = []
-    for label, port, process, _ in launched:
-        wait_for_port(port, log=workdir / f"{label}.log")
-        started.append((label, port, worker_children(process.pid)))
+        argvs[f"gateway-{store}"] = (port, gateway_argv(conf, build))
+    started = launch(workdir, argvs, processes)
     for label, port, _ in started:
         check_hits(label, port)
     return started
@@ -90,10 +82,7 @@ def check_hits(label: str, port: int) -> None:
 
 def add_ratios(outcome: dict[str, Any]) -> dict[str, Any]:
     """Each target's requests/s over nginx's (`vs_nginx`)."""
-    nginx = outcome["nginx-cache"]["summary"]["rps"]
-    for data in outcome.values():
-        data["summary"]["vs_nginx"] = data["summary"]["rps"] / nginx if nginx else None
-    return outcome
+    return add_ratio(outcome, "nginx-cache", "vs_nginx")
 
 
 def print_cache(results: dict[str, Any], args: argparse.Namespace) -> None:
@@ -101,13 +90,4 @@ def print_cache(results: dict[str, Any], args: argparse.Namespace) -> None:
         f"\ncache: {TITLE}: GET {PATH}, wrk -t1 -c50 -d{args.duration}s, every request a hit, "
         f"{args.rounds} rotating rounds"
     )
-    print(
-        f"{'target':15} {'req/s (median)':>15} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
-        f"{'vs nginx':>9} {'CPU us/req':>11}"
-    )
-    for label, data in results.items():
-        s = data["summary"]
-        print(
-            f"{label:15} {s['rps']:15.0f} {s['p50_ms']:8.2f} {s['p99_ms']:8.2f} {s['errors']:7d} "
-            f"{s['vs_nginx']:9.3f} {s['cpu_us_per_request']:11.1f}"
-        )
+    print_summaries(results, label="target", width=15, ratio="vs_nginx", ratio_title="vs nginx")

@@ -36,11 +36,9 @@ from targets import (
     gateway_argv,
     gateway_conf,
     json_document,
+    launch,
     nginx_argv,
     nginx_edge_conf,
-    start,
-    wait_for_port,
-    worker_children,
 )
 
 LEVEL = 6
@@ -64,14 +62,14 @@ def start_compression_targets(
 ) -> list[tuple[str, int, tuple[int, ...]]]:
     """The four proxies (appended to ``processes``), checked and warmed: (label, port, serving
     pids) each."""
-    launched: list[tuple[str, int, subprocess.Popen[bytes]]] = []
+    argvs = {}
     for label, cached in TARGETS.items():
         port = free_port()
         if label.startswith("nginx"):
             conf = nginx_edge_conf(
                 workdir, label, upstreams[0], port, cache=cached, gzip_level=LEVEL
             )
-            argv = nginx_argv(workdir, conf)
+            argvs[label] = (port, nginx_argv(workdir, conf))
         else:
             conf = gateway_conf(
                 workdir,
@@ -80,15 +78,8 @@ def start_compression_targets(
                 cache="memory" if cached else None,
                 gzip_level=LEVEL,
             )
-            argv = gateway_argv(conf, build)
-        process = start(argv, workdir / f"{label}.log")
-        processes.append(process)
-        launched.append((label, port, process))
-    started = []
-    for label, port, process in launched:
-        wait_for_port(port, log=workdir / f"{label}.log")
-        started.append((label, port, worker_children(process.pid)))
-    return started
+            argvs[label] = (port, gateway_argv(conf, build))
+    return launch(workdir, argvs, processes)
 
 
 def fetch(port: int, accept_encoding: str | None) -> tuple[bytes, dict[str, str]]:

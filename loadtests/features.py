@@ -19,7 +19,16 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
-from targets import free_port, gateway_argv, gateway_conf, start, wait_for_port, worker_children
+from targets import (
+    add_ratio,
+    free_port,
+    gateway_argv,
+    gateway_conf,
+    launch,
+    print_summaries,
+    start,
+    wait_for_port,
+)
 
 # Label -> the rate_limit backend of its gateway (None: no feature).
 VARIANTS: dict[str, str | None] = {
@@ -51,7 +60,7 @@ def start_feature_gateways(
     (label, port, worker pids) each."""
     redis, url = start_redis(workdir)
     processes.append(redis)
-    launched = []
+    argvs = {}
     for label, backend in VARIANTS.items():
         port = free_port()
         conf = gateway_conf(
@@ -61,22 +70,13 @@ def start_feature_gateways(
             rate_limit=backend,
             redis_url=url if backend == "redis" else None,
         )
-        process = start(gateway_argv(conf, build), workdir / f"{label}.log")
-        processes.append(process)
-        launched.append((label, port, process))
-    started = []
-    for label, port, process in launched:
-        wait_for_port(port, log=workdir / f"{label}.log")
-        started.append((label, port, worker_children(process.pid)))
-    return started
+        argvs[label] = (port, gateway_argv(conf, build))
+    return launch(workdir, argvs, processes)
 
 
 def add_ratios(outcome: dict[str, Any]) -> dict[str, Any]:
     """Each variant's requests/s over the gateway without features (`vs_off`)."""
-    off = outcome["off"]["summary"]["rps"]
-    for data in outcome.values():
-        data["summary"]["vs_off"] = data["summary"]["rps"] / off if off else None
-    return outcome
+    return add_ratio(outcome, "off", "vs_off")
 
 
 def print_features(results: dict[str, Any], args: argparse.Namespace, title: str) -> None:
@@ -84,13 +84,4 @@ def print_features(results: dict[str, Any], args: argparse.Namespace, title: str
         f"\nfeatures: {title}: GET /, wrk -t1 -c50 -d{args.duration}s, gateway with one feature "
         f"each, {args.rounds} rotating rounds"
     )
-    print(
-        f"{'variant':17} {'req/s (median)':>15} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
-        f"{'vs off':>7} {'CPU us/req':>11}"
-    )
-    for label, data in results.items():
-        s = data["summary"]
-        print(
-            f"{label:17} {s['rps']:15.0f} {s['p50_ms']:8.2f} {s['p99_ms']:8.2f} {s['errors']:7d} "
-            f"{s['vs_off']:7.3f} {s['cpu_us_per_request']:11.1f}"
-        )
+    print_summaries(results, label="variant", width=17, ratio="vs_off", ratio_title="vs off")

@@ -454,6 +454,51 @@ def stop(processes: list[subprocess.Popen[bytes]]) -> None:
             process.wait()
 
 
+def launch(
+    workdir: Path,
+    argvs: dict[str, tuple[int, list[str]]],
+    processes: list[subprocess.Popen[bytes]],
+) -> list[tuple[str, int, tuple[int, ...]]]:
+    """Start each labelled ``(port, argv)`` (stderr to ``workdir/LABEL.log``; appended to
+    ``processes``), then wait until every one listens: (label, port, serving pids) each, the
+    serving process being each one's worker (nginx's or the gateway's)."""
+    launched = []
+    for label, (port, argv) in argvs.items():
+        process = start(argv, workdir / f"{label}.log")
+        processes.append(process)
+        launched.append((label, port, process))
+    started = []
+    for label, port, process in launched:
+        wait_for_port(port, log=workdir / f"{label}.log")
+        started.append((label, port, worker_children(process.pid)))
+    return started
+
+
+def add_ratio(outcome: dict[str, Any], baseline: str, key: str) -> dict[str, Any]:
+    """Each target's median requests/s over ``baseline``'s, as ``summary[key]``."""
+    base = outcome[baseline]["summary"]["rps"]
+    for data in outcome.values():
+        data["summary"][key] = data["summary"]["rps"] / base if base else None
+    return outcome
+
+
+def print_summaries(
+    results: dict[str, Any], *, label: str, width: int, ratio: str, ratio_title: str
+) -> None:
+    """The table of a section: one row per target, its ratio from ``summary[ratio]``."""
+    size = max(len(ratio_title), 7)
+    print(
+        f"{label:{width}} {'req/s (median)':>15} {'p50 ms':>8} {'p99 ms':>8} {'errors':>7} "
+        f"{ratio_title:>{size}} {'CPU us/req':>11}"
+    )
+    for name, data in results.items():
+        s = data["summary"]
+        print(
+            f"{name:{width}} {s['rps']:15.0f} {s['p50_ms']:8.2f} {s['p99_ms']:8.2f} "
+            f"{s['errors']:7d} {s[ratio]:{size}.3f} {s['cpu_us_per_request']:11.1f}"
+        )
+
+
 def upstream_app_argv(port: int) -> list[str]:
     return [sys.executable, str(HERE / "upstream_app.py"), "--port", str(port)]
 
