@@ -203,10 +203,8 @@ class Dispatcher:
                     except StopAsyncIteration:
                         more = False
         except (UpstreamAborted, GatewayError):
-            # As below once the head is out: the status is already logged as the upstream's.
-            if upstream.upstream is not None:
-                self.metrics.upstream_failed(upstream.upstream, "aborted")
-            conn.abort()
+            # The status is already logged as the upstream's: abort as once the head is out.
+            self._abort(conn, upstream)
             if upstream.release is not None:
                 await upstream.release()
             return 0
@@ -249,15 +247,19 @@ class Dispatcher:
                 if chunked:
                     conn.write(LAST_CHUNK)
         except (UpstreamAborted, GatewayError):
-            # The status line is out: a second response is impossible, and a clean end would
-            # tell the client a truncated body is complete. Abort the connection instead.
-            if upstream.upstream is not None:
-                self.metrics.upstream_failed(upstream.upstream, "aborted")
-            conn.abort()
+            self._abort(conn, upstream)
         finally:
             if upstream.release is not None:
                 await upstream.release()
         return sent
+
+    def _abort(self, conn: ClientConnection, upstream: ProxyResponse) -> None:
+        """The upstream's body failed: the status line is out (or logged as sent), so a second
+        response is impossible, and a clean end would tell the client a truncated body is
+        complete. Abort the connection instead."""
+        if upstream.upstream is not None:
+            self.metrics.upstream_failed(upstream.upstream, "aborted")
+        conn.abort()
 
     def _log(
         self,

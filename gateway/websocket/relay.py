@@ -32,7 +32,6 @@ from gateway.websocket.frames import (
     CLOSE_GOING_AWAY,
     CLOSE_INTERNAL_ERROR,
     CLOSE_INVALID_DATA,
-    CLOSE_NO_STATUS,
     CLOSE_TRY_AGAIN_LATER,
     OP_BINARY,
     OP_CLOSE,
@@ -359,9 +358,8 @@ class Relay:
             return
         if self.close_code is None:
             self.close_code = code
-        self._send(
-            side, None, OP_CLOSE, close_payload(code, reason) if code != CLOSE_NO_STATUS else b""
-        )
+        # close_payload gives a Close with no code (1005 relayed) an empty payload.
+        self._send(side, None, OP_CLOSE, close_payload(code, reason))
         self._closing(side)
 
     def _closing(self, side: Side) -> None:
