@@ -117,7 +117,15 @@ class RunningGateway:
         from gateway.config.describe import config_hash, redacted_view
 
         config = self.config
-        return {"hash": config_hash(config), **redacted_view(config)}
+        return {
+            "hash": config_hash(config),
+            **redacted_view(config),
+            # This worker's view of its targets (each worker checks and ejects on its own).
+            "upstream_state": {
+                name: pool.describe_targets()
+                for name, pool in self.dispatcher.runtime.pools.items()
+            },
+        }
 
     async def drain(self, grace: float) -> None:
         """Stop accepting, finish in-flight requests within ``grace`` seconds, close the rest."""
@@ -204,6 +212,11 @@ async def start(
         ),
         memory_cache=caches.memory_size,
         websockets=websockets.by_route,
+        targets=lambda: (
+            (name, str(target), healthy)
+            for name, pool in dispatcher.runtime.pools.items()
+            for target, healthy in pool.target_states()
+        ),
     )
     gateway = RunningGateway(
         dispatcher=dispatcher,

@@ -104,6 +104,13 @@ class UpstreamBusy(GatewayError):
     code = "upstream_busy"
 
 
+class UpstreamOverloaded(UpstreamBusy):
+    """The upstream's circuit breaker is open: too many requests in flight or waiting for a
+    connection (``circuit_breaker``); the upstream is not asked at all."""
+
+    code = "upstream_overloaded"
+
+
 class ServiceUnavailable(GatewayError):
     status = 503
     code = "unavailable"

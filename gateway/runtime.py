@@ -65,7 +65,8 @@ class Runtime:
             if kept is not None and old_upstreams[upstream.name] == upstream:
                 pools[upstream.name] = kept
             else:
-                pools[upstream.name] = UpstreamPool(upstream)
+                pools[upstream.name] = pool = UpstreamPool(upstream)
+                pool.start()
         handlers: dict[str, Handler] = {}
         upgrade_handlers: dict[str, Handler] = {}
         leases: list[str] = []

@@ -10,10 +10,11 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,23 @@ def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
         timeout=60,
         check=False,
     )
+
+
+async def eventually(check: Callable[[], Awaitable[bool]], what: str, within: float = 15.0) -> None:
+    """Poll ``check`` until it holds; fail naming ``what`` if it never does ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+def closed_port() -> int:
+    """A loopback port nothing listens on (just released by the OS; connects are refused)."""
+    with socket.socket() as sock:
+        sock.bind((LOCAL, 0))
+        port: int = sock.getsockname()[1]
+    return port
 
 
 def upstream_to(name: str, *ports: int, **options: object) -> UpstreamConfig:

@@ -134,7 +134,9 @@ class RawConnection:
 class RawUpstream:
     """A TCP server running ``handler`` per connection; the connection closes when it returns."""
 
-    def __init__(self, handler: RawHandler, *, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self, handler: RawHandler, *, ssl_context: ssl.SSLContext | None = None, port: int = 0
+    ) -> None:
         self._handler = handler
         self._ssl = ssl_context
         self._server: asyncio.Server | None = None
@@ -143,7 +145,8 @@ class RawUpstream:
         self.connections: list[RawConnection] = []
         self.closed_connections = 0
         self._closed_event = asyncio.Event()
-        self.port = 0
+        # 0: a free port, chosen at start.
+        self.port = port
 
     @property
     def accepted(self) -> int:
@@ -153,7 +156,9 @@ class RawUpstream:
         return Target(scheme, host, self.port)  # type: ignore[arg-type]
 
     async def __aenter__(self) -> RawUpstream:
-        self._server = await asyncio.start_server(self._accept, LOCAL, 0, ssl=self._ssl)
+        self._server = await asyncio.start_server(
+            self._accept, LOCAL, self.port, ssl=self._ssl, reuse_address=True
+        )
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 

@@ -40,15 +40,17 @@ import typing
 from bisect import bisect_left
 from collections.abc import Iterable, Sequence
 from fractions import Fraction
-from typing import Any, Final, TypeAlias
+from typing import Any, Final, TypeAlias, cast
 
 from gateway.config.loader import unit_fields
 from gateway.config.model import (
     GatewayConfig,
     HeaderMatch,
+    HealthCheckConfig,
     ListenAddress,
     Rate,
     RouteConfig,
+    StatusRanges,
     Target,
     UpstreamConfig,
 )
@@ -263,10 +265,13 @@ def _tree(
         return int(value) if canonical and value.is_integer() else value
     if isinstance(value, str):
         return _redact_url(value) if redact else str(value)
-    if isinstance(
-        value, ListenAddress | Target | Rate | ipaddress.IPv4Network | ipaddress.IPv6Network
-    ):
+    if isinstance(value, Target):
+        # As the YAML writes it: a URL, or {url, weight} when the weight is not the default.
+        return str(value) if value.weight == 1 else {"url": str(value), "weight": value.weight}
+    if isinstance(value, ListenAddress | Rate | ipaddress.IPv4Network | ipaddress.IPv6Network):
         return str(value)
+    if owner is HealthCheckConfig and name == "expected_status":
+        return [low if low == high else f"{low}-{high}" for low, high in cast(StatusRanges, value)]
     if isinstance(value, tuple) and owner is not None and _is_header_map(owner, name):
         return {
             match.name: _tree(match.value, HeaderMatch, match.name, redact=redact, canonical=False)

@@ -28,15 +28,20 @@ from gateway.config.model import (
     AdminConfig,
     CacheConfig,
     CacheSettings,
+    CircuitBreakerConfig,
     CompressionConfig,
     CompressionLevels,
     GatewayConfig,
     HeaderMatch,
+    HealthCheckConfig,
     ListenAddress,
     LoggingConfig,
+    PassiveHealthConfig,
     PoolConfig,
     RateLimitConfig,
     RedisConfig,
+    RetryBackoff,
+    RetryConfig,
     RouteConfig,
     RouteMatch,
     ServerConfig,
@@ -341,6 +346,28 @@ def _optional(convert: Converter) -> Converter:
     return optional
 
 
+def _feature(section: _Section, default: Callable[[], Any]) -> Converter:
+    """An optional block (a route's cache or compression, an upstream's health checks): a
+    mapping whose ``enabled`` defaults to true, true for the defaults, false or null for none."""
+
+    def convert(value: object, path: str, ctx: _Context) -> Any:
+        if value is None or value is False:
+            return None
+        if value is True:
+            return default()
+        enabled: Any = True
+        if isinstance(value, dict) and "enabled" in value:
+            enabled = _run(_boolean, value["enabled"], _key(path, "enabled"), ctx)
+            value = {k: v for k, v in value.items() if k != "enabled"}
+        # A disabled block is validated all the same: a typo in it is still a typo.
+        config = section(value, path, ctx)
+        if enabled is _INVALID or config is _INVALID:
+            return _INVALID
+        return config if enabled else None
+
+    return convert
+
+
 # --- ${ENV_VAR} interpolation -----------------------------------------------------------------
 
 # `$${` first so an escaped reference is never read as a reference; a `${` left unmatched by
@@ -564,7 +591,37 @@ _TARGET = re.compile(
 )
 
 
-def _target(value: object, path: str, ctx: _Context) -> Target:
+# HAProxy's ceiling; a consistent_hash ring holds 160 points per unit of weight.
+MAX_WEIGHT: Final = 256
+
+
+def _target(value: object, path: str, ctx: _Context) -> Any:
+    """A URL string, or ``{url, weight}``."""
+    if not isinstance(value, dict):
+        return _target_url(value, path, ctx)
+    _report_duplicates(value, path, ctx)
+    unknown = [key for key in value if key not in ("url", "weight")]
+    for key in unknown:
+        ctx.problem(_key(path, key), f"unknown key{_did_you_mean(key, ('url', 'weight'))}")
+    if "url" in value:
+        target = _run(_target_url, value["url"], _key(path, "url"), ctx)
+    else:
+        ctx.problem(_key(path, "url"), "missing required key")
+        target = _INVALID
+    weight = _run(_weight, value.get("weight", 1), _key(path, "weight"), ctx)
+    if unknown or target is _INVALID or weight is _INVALID:
+        return _INVALID
+    return dataclasses.replace(target, weight=weight)
+
+
+def _weight(value: object, path: str, ctx: _Context) -> int:
+    weight = _count(value, path, ctx)
+    if weight > MAX_WEIGHT:
+        raise _BadValueError(f"must be at most {MAX_WEIGHT}, got {weight}")
+    return weight
+
+
+def _target_url(value: object, path: str, ctx: _Context) -> Target:
     text = _string(value)
     match = _TARGET.fullmatch(text)
     if match is None:
@@ -591,14 +648,15 @@ def _target(value: object, path: str, ctx: _Context) -> Target:
 
 
 def _check_targets(targets: list[tuple[int, Target]], path: str, ctx: _Context) -> None:
-    first: dict[Target, int] = {}
+    first: dict[tuple[str, str, int], int] = {}
     for index, target in targets:
-        if target in first:
+        address = target.address
+        if address in first:
             ctx.problem(
                 f"{path}[{index}]",
-                f"duplicate target '{target}' (first at {path}[{first[target]}])",
+                f"duplicate target '{target}' (first at {path}[{first[address]}])",
             )
-        first.setdefault(target, index)
+        first.setdefault(address, index)
 
 
 def _host_header(value: object, path: str, ctx: _Context) -> str:
@@ -659,11 +717,102 @@ def _finish_pool(kwargs: dict[str, Any], given: set[str], path: str, ctx: _Conte
         )
 
 
+def _hash_key(value: object, path: str, ctx: _Context) -> str:
+    text = _string(value)
+    if text == "client_ip":
+        return text
+    kind, colon, name = text.partition(":")
+    if kind == "header" and colon and _TOKEN.fullmatch(name):
+        return f"header:{name.lower()}"
+    raise _BadValueError(
+        f"expected 'client_ip' or 'header:NAME' (e.g. 'header:X-User-Id'), got {_describe(value)}"
+    )
+
+
+def _status_ranges(value: object, path: str, ctx: _Context) -> Any:
+    """``[200, "200-299"]``: statuses and inclusive ranges of them."""
+    items = value if isinstance(value, list) else [value]
+    if not items:
+        raise _BadValueError("at least one status or range is required")
+    ranges: list[tuple[int, int]] = []
+    for item in items:
+        low_text, dash, high_text = str(item).partition("-")
+        if (
+            isinstance(item, bool)
+            or not isinstance(item, int | str)
+            or not re.fullmatch(r"[0-9]{3}", low_text)
+            or (dash and not re.fullmatch(r"[0-9]{3}", high_text))
+        ):
+            raise _BadValueError(
+                f"expected statuses such as 200 or ranges such as '200-399', got {_describe(item)}"
+            )
+        low, high = int(low_text), int(high_text) if dash else int(low_text)
+        if not 100 <= low <= high <= 599:
+            raise _BadValueError(f"expected statuses from 100 to 599, low to high, got {item!r}")
+        ranges.append((low, high))
+    return tuple(ranges)
+
+
+def _check_path(value: object, path: str, ctx: _Context) -> str:
+    text = _string(value)
+    # It goes on a request line as is: origin-form (RFC 9112 §3.2.1), visible ASCII.
+    if not text.startswith("/") or not all(33 <= ord(char) <= 126 for char in text):
+        raise _BadValueError(f"expected a path such as '/healthz', got {_describe(value)}")
+    return text
+
+
+def _finish_health_check(kwargs: dict[str, Any], given: set[str], path: str, ctx: _Context) -> None:
+    interval, timeout = kwargs.get("interval", 5.0), kwargs.get("timeout", 1.0)
+    if "interval" in kwargs and "timeout" in kwargs and timeout > interval:
+        ctx.problem(
+            _key(path, "timeout"), f"must not exceed interval ({interval:g}s), got {timeout:g}s"
+        )
+
+
+def _finish_passive(kwargs: dict[str, Any], given: set[str], path: str, ctx: _Context) -> None:
+    base, most = kwargs.get("base_ejection", 10.0), kwargs.get("max_ejection", 300.0)
+    if ("base_ejection" in kwargs or "max_ejection" in kwargs) and base > most:
+        ctx.problem(
+            _key(path, "max_ejection"),
+            f"must be at least base_ejection ({base:g}s), got {most:g}s",
+        )
+
+
+_HEALTH_CHECK = _Section(
+    HealthCheckConfig,
+    {
+        "path": _check_path,
+        "interval": _duration,
+        "timeout": _duration,
+        "healthy_threshold": _count,
+        "unhealthy_threshold": _count,
+        "expected_status": _status_ranges,
+    },
+    finish=_finish_health_check,
+)
+_PASSIVE_HEALTH = _Section(
+    PassiveHealthConfig,
+    {"consecutive_failures": _count, "base_ejection": _duration, "max_ejection": _duration},
+    finish=_finish_passive,
+)
+
+
+def _finish_upstream(kwargs: dict[str, Any], given: set[str], path: str, ctx: _Context) -> None:
+    if "hash_key" in given and kwargs.get("balance", "round_robin") != "consistent_hash":
+        ctx.problem(_key(path, "hash_key"), "only balance: consistent_hash uses a hash_key")
+
+
 _UPSTREAM = _Section(
     UpstreamConfig,
     {
         "targets": _list_of(_target, "target", check=_check_targets),
-        "balance": _choice("round_robin"),
+        "balance": _choice("round_robin", "least_requests", "consistent_hash"),
+        "hash_key": _hash_key,
+        "health_check": _feature(_HEALTH_CHECK, HealthCheckConfig),
+        "passive_health": _feature(_PASSIVE_HEALTH, PassiveHealthConfig),
+        "circuit_breaker": _Section(
+            CircuitBreakerConfig, {"max_requests": _count, "max_pending": _count}
+        ),
         "pool": _Section(
             PoolConfig,
             {"max_connections": _count, "max_idle": _count, "idle_timeout": _duration},
@@ -678,6 +827,7 @@ _UPSTREAM = _Section(
     },
     injected=["name"],
     hints={"name": " (an upstream's name is its key under 'upstreams')"},
+    finish=_finish_upstream,
 )
 
 
@@ -851,28 +1001,6 @@ _CACHE = _Section(
         "revalidate_for": _duration,
     },
 )
-
-
-def _feature(section: _Section, default: Callable[[], Any]) -> Converter:
-    """A route's feature block (cache, compression): a mapping whose ``enabled`` defaults to
-    true, true for the defaults, false or null for none."""
-
-    def convert(value: object, path: str, ctx: _Context) -> Any:
-        if value is None or value is False:
-            return None
-        if value is True:
-            return default()
-        enabled: Any = True
-        if isinstance(value, dict) and "enabled" in value:
-            enabled = _run(_boolean, value["enabled"], _key(path, "enabled"), ctx)
-            value = {k: v for k, v in value.items() if k != "enabled"}
-        # A disabled block is validated all the same: a typo in it is still a typo.
-        config = section(value, path, ctx)
-        if enabled is _INVALID or config is _INVALID:
-            return _INVALID
-        return config if enabled else None
-
-    return convert
 
 
 _cache = _feature(_CACHE, CacheConfig)
@@ -1080,6 +1208,61 @@ def _check_shadowing(valid: list[tuple[int, RouteConfig]], path: str, ctx: _Cont
         )
 
 
+_RETRY_CONDITIONS: Final = ("connect_failure", "reset", "502", "503", "504")
+
+
+def _retry_condition(value: object, path: str, ctx: _Context) -> Any:
+    # YAML reads 502 as an integer; the model keeps every condition as text.
+    if isinstance(value, int) and not isinstance(value, bool):
+        if str(value) not in _RETRY_CONDITIONS:
+            raise _BadValueError(f"only 502, 503 and 504 are retried, got {value}")
+        return str(value)
+    return _choice(*_RETRY_CONDITIONS)(value, path, ctx)
+
+
+def _finish_backoff(kwargs: dict[str, Any], given: set[str], path: str, ctx: _Context) -> None:
+    base, most = kwargs.get("base", 0.025), kwargs.get("max", 0.25)
+    if ("base" in kwargs or "max" in kwargs) and base > most:
+        ctx.problem(_key(path, "max"), f"must be at least base ({base:g}s), got {most:g}s")
+
+
+def _percent(value: object, path: str, ctx: _Context) -> int:
+    number = _count(value, path, ctx)
+    if number > 100:
+        raise _BadValueError(f"must be at most 100, got {number}")
+    return number
+
+
+_RETRIES = _Section(
+    RetryConfig,
+    {
+        "attempts": _count,
+        "on": _list_of(
+            _retry_condition,
+            "condition",
+            allow_empty=True,
+            check=_no_duplicates("condition "),
+        ),
+        "budget_percent": _percent,
+        "backoff": _Section(
+            RetryBackoff, {"base": _duration, "max": _duration}, finish=_finish_backoff
+        ),
+        "non_idempotent": _boolean,
+        "max_replay_body": _size_or_zero,
+    },
+)
+_retries_block = _feature(_RETRIES, RetryConfig)
+
+
+def _retries(value: object, path: str, ctx: _Context) -> Any:
+    # YAML 1.1 reads a bare `on:` key as the boolean true; here it can only mean "on".
+    if isinstance(value, dict) and True in value and "on" not in value:
+        renamed = _YamlMap((("on" if key is True else key), item) for key, item in value.items())
+        renamed.duplicates = getattr(value, "duplicates", ())
+        value = renamed
+    return _retries_block(value, path, ctx)
+
+
 _ROUTE = _Section(
     RouteConfig,
     {
@@ -1099,6 +1282,7 @@ _ROUTE = _Section(
         "cache": _cache,
         "compression": _compression,
         "websocket": _websocket,
+        "retries": _retries,
     },
     finish=lambda kwargs, given, path, ctx: _finish_route(kwargs, given, ctx),
 )
@@ -1242,7 +1426,8 @@ def unit_fields() -> dict[tuple[type[Any], str], Literal["duration", "size"]]:
             for cell in getattr(convert, "__closure__", None) or ():
                 walk(cell.cell_contents, owner)
 
-    # `_upstreams` and `_rate_limit` reach their sections as globals, not through closures.
-    for root in (_GATEWAY, _UPSTREAM, _RATE_LIMIT, _CACHE, _COMPRESSION, _WEBSOCKET):
+    # `_upstreams`, `_rate_limit` and `_retries` reach their sections as globals, not through
+    # closures.
+    for root in (_GATEWAY, _UPSTREAM, _RATE_LIMIT, _CACHE, _COMPRESSION, _WEBSOCKET, _RETRIES):
         walk(root, None)
     return kinds

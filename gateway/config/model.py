@@ -89,6 +89,14 @@ class Target:
     scheme: Literal["http", "https"]
     host: str
     port: int
+    # Its share of the requests against the other targets' (round_robin, least_requests) and
+    # of the hash ring (consistent_hash).
+    weight: int = 1
+
+    @property
+    def address(self) -> tuple[str, str, int]:
+        """What makes two targets the same server, whatever their weights."""
+        return (self.scheme, self.host, self.port)
 
     @property
     def authority(self) -> str:
@@ -127,11 +135,65 @@ class UpstreamTLS:
     verify: bool = True
 
 
+# Status ranges, both ends included: ((200, 399),) is 2xx and 3xx.
+StatusRanges = tuple[tuple[int, int], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheckConfig:
+    """Active checks: each worker asks every target for ``path`` each ``interval``."""
+
+    path: str = "/"
+    interval: float = 5.0
+    # A check without a status line by then fails.
+    timeout: float = 1.0
+    # Consecutive passes that bring an unhealthy target back, failures that take one out.
+    healthy_threshold: int = 2
+    unhealthy_threshold: int = 3
+    expected_status: StatusRanges = ((200, 399),)
+
+
+@dataclass(frozen=True, slots=True)
+class PassiveHealthConfig:
+    """Ejection on the traffic itself (Envoy's outlier detection, nginx's max_fails)."""
+
+    # Connect failures, resets, timeouts and 5xx answers in a row that eject a target.
+    consecutive_failures: int = 5
+    # The first ejection's length; each ejection that follows within max_ejection of the
+    # target's return doubles it, up to max_ejection.
+    base_ejection: float = 10.0
+    max_ejection: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class CircuitBreakerConfig:
+    """Per worker: beyond these the upstream is not asked at all; the answer is a fast 503
+    (Envoy's circuit breaker thresholds, same defaults)."""
+
+    # Requests sent to the upstream and not finished yet.
+    max_requests: int = 1024
+    # Requests waiting for a free connection slot (pool.max_connections are busy).
+    max_pending: int = 1024
+
+
+Balance = Literal["round_robin", "least_requests", "consistent_hash"]
+
+
 @dataclass(frozen=True, slots=True)
 class UpstreamConfig:
     name: str
     targets: tuple[Target, ...]
-    balance: Literal["round_robin"] = "round_robin"
+    # round_robin: smooth weighted round robin (nginx's); least_requests: the less loaded of
+    # two random targets (power of two choices); consistent_hash: a ring by hash_key.
+    balance: Balance = "round_robin"
+    # consistent_hash only: "client_ip" or "header:<lower-case field name>" (a request
+    # without that field hashes by its client address).
+    hash_key: str = "client_ip"
+    # None: no active checks (every target is presumed healthy until traffic says otherwise).
+    health_check: HealthCheckConfig | None = None
+    # None: traffic never ejects a target.
+    passive_health: PassiveHealthConfig | None = field(default_factory=PassiveHealthConfig)
+    circuit_breaker: CircuitBreakerConfig = field(default_factory=CircuitBreakerConfig)
     pool: PoolConfig = field(default_factory=PoolConfig)
     timeouts: UpstreamTimeouts = field(default_factory=UpstreamTimeouts)
     tls: UpstreamTLS = field(default_factory=UpstreamTLS)
@@ -139,6 +201,39 @@ class UpstreamConfig:
     host_header: str = "preserve"
     # Seconds a DNS answer for a target hostname is reused before it is resolved again.
     dns_ttl: float = 30.0
+
+
+RetryCondition = Literal["connect_failure", "reset", "502", "503", "504"]
+
+
+@dataclass(frozen=True, slots=True)
+class RetryBackoff:
+    # Before retry n (1, 2, ...): a random wait up to min(base * 2**(n-1), max) ("full
+    # jitter"), so that clients failing together do not retry together.
+    base: float = 0.025
+    max: float = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class RetryConfig:
+    """A route's retries. ``retries: {enabled: false}`` is none beyond the stale keep-alive
+    retry (RFC 9112 §9.3.1), which is always made."""
+
+    # Tries in all, the first included.
+    attempts: int = 2
+    # connect_failure: no connection (refused, unreachable, connect timeout); reset: the
+    # connection closed before any response byte; 502/503/504: that answer from the upstream.
+    on: tuple[RetryCondition, ...] = ("connect_failure", "reset")
+    # Retries in flight to the upstream, at most this share of its requests in flight (and
+    # always at least 3), per worker, so that retries never multiply the load of a failing
+    # upstream (Envoy's retry budget).
+    budget_percent: int = 20
+    backoff: RetryBackoff = field(default_factory=RetryBackoff)
+    # Also retry methods that are not idempotent (POST, PATCH; RFC 9110 §9.2.2).
+    non_idempotent: bool = False
+    # A request body is kept for a retry up to this size; a larger one is never retried once
+    # a byte of it was sent.
+    max_replay_body: int = 64 * KIB
 
 
 @dataclass(frozen=True, slots=True)
@@ -325,6 +420,8 @@ class RouteConfig:
     compression: CompressionConfig | None = None
     # None: no WebSocket relaying.
     websocket: WebSocketConfig | None = None
+    # None: only the stale keep-alive retry.
+    retries: RetryConfig | None = field(default_factory=RetryConfig)
 
 
 @dataclass(frozen=True, slots=True)

@@ -161,6 +161,13 @@ UPSTREAM_CONNECTIONS = Gauge(
     ["upstream", "state"],
     multiprocess_mode="livesum",
 )
+UPSTREAM_TARGET_HEALTHY = Gauge(
+    "gateway_upstream_target_healthy",
+    "1 when a target is in service (healthy by its active checks, not ejected), 0 when it is"
+    " out; with several workers, 0 when any worker has it out. Sampled each second.",
+    ["upstream", "target"],
+    multiprocess_mode="livemin",
+)
 INFLIGHT = Gauge(
     "gateway_inflight_requests",
     "Requests being handled, sampled each second.",
@@ -275,8 +282,10 @@ class GaugeSampler:
         inflight: Callable[[], int],
         connections: Callable[[], int],
         pools: Callable[[], Iterable[tuple[str, int, int]]],
+        *,
         memory_cache: Callable[[], tuple[int, int] | None] = lambda: None,
         websockets: Callable[[], dict[str, int]] = dict,
+        targets: Callable[[], Iterable[tuple[str, str, bool]]] = tuple,
     ) -> None:
         self._inflight = inflight
         self._connections = connections
@@ -287,6 +296,9 @@ class GaugeSampler:
         self._websockets = websockets
         self._websocket_routes: set[str] = set()
         self._seen: set[str] = set()
+        # (upstream, target, in service) for every target of every upstream.
+        self._targets = targets
+        self._seen_targets: set[tuple[str, str]] = set()
 
     def sample(self) -> None:
         INFLIGHT.set(self._inflight())
@@ -309,3 +321,10 @@ class GaugeSampler:
             UPSTREAM_CONNECTIONS.remove(gone, "idle")
             UPSTREAM_CONNECTIONS.remove(gone, "active")
         self._seen = current
+        targets: set[tuple[str, str]] = set()
+        for upstream, target, healthy in self._targets():
+            targets.add((upstream, target))
+            UPSTREAM_TARGET_HEALTHY.labels(upstream, target).set(1 if healthy else 0)
+        for gone_target in self._seen_targets - targets:
+            UPSTREAM_TARGET_HEALTHY.remove(*gone_target)
+        self._seen_targets = targets

@@ -111,3 +111,14 @@ class ConsistentHash(Balancer):
             if usable[owner]:
                 return owner
         raise ValueError("no usable target")
+
+
+def balancer_for(balance: str, targets: Sequence[tuple[str, int]], inflight: list[int]) -> Balancer:
+    """The balancer ``balance`` names, over ``targets`` given as (name, weight)."""
+    names = [name for name, _ in targets]
+    weights = [weight for _, weight in targets]
+    if balance == "least_requests":
+        return LeastRequests(weights, inflight)
+    if balance == "consistent_hash":
+        return ConsistentHash(names, weights)
+    return WeightedRoundRobin(weights)

@@ -65,6 +65,10 @@ class ConnectionOwner(Protocol):
     def connection_gone(self, conn: UpstreamConnection) -> None:
         """The connection closed (or is closing): free its slot. Called exactly once."""
 
+    def exchange_ended(self, conn: UpstreamConnection) -> None:
+        """The exchange begun by `exchange` is over, however it ended. Called exactly once
+        per exchange, before `connection_reusable` or `connection_gone`."""
+
 
 def _wake(waiter: asyncio.Future[None] | None) -> None:
     if waiter is not None and not waiter.done():
@@ -89,6 +93,7 @@ class UpstreamConnection(asyncio.Protocol):
         "_drain_since",
         "_drain_waiter",
         "_error",
+        "_exchanging",
         "_expect_state",
         "_expect_timeout",
         "_expect_timer",
@@ -163,6 +168,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.idle_since = 0.0
         # Exchanges started on this connection; > 1 means it was reused from the pool.
         self.exchanges = 0
+        # An exchange has begun and its end has not been reported to the owner yet.
+        self._exchanging = False
         # The failure was a connection loss before any response byte (stale keep-alive).
         self.stale = False
         # Whether any byte of the caller's request body was asked for (no retry after that).
@@ -230,10 +237,16 @@ class UpstreamConnection(asyncio.Protocol):
         """Check out of the pool for a new exchange."""
         self._phase = _READY
 
+    def _end_exchange(self) -> None:
+        if self._exchanging:
+            self._exchanging = False
+            self._owner.exchange_ended(self)
+
     def close(self) -> None:
         """Close gracefully (idle connections: idle timeout, pool close, over max_idle)."""
         if not self._dead:
             self._dead = True
+            self._end_exchange()
             self._free_slot()
             if self._transport is not None:
                 self._transport.close()
@@ -242,6 +255,7 @@ class UpstreamConnection(asyncio.Protocol):
         """Drop the connection at once, discarding unsent and unread bytes."""
         if not self._dead:
             self._dead = True
+            self._end_exchange()
             self._free_slot()
             if self._transport is not None:
                 self._transport.abort()
@@ -272,6 +286,7 @@ class UpstreamConnection(asyncio.Protocol):
             # was sent, so this is the stale case.
             self.stale = True
             self._error = BadGateway("upstream closed the connection before responding")
+            self._end_exchange()  # close/abort/connection_lost have all run already
         else:
             cast(asyncio.Transport, self._transport).write(head)
             if body is None:
@@ -332,6 +347,7 @@ class UpstreamConnection(asyncio.Protocol):
 
     def _begin(self, is_head: bool, request_close: bool) -> None:
         self.exchanges += 1
+        self._exchanging = True
         if self._parser_dirty:
             # The last exchange was HEAD: llhttp cannot be told to skip a body, so that
             # parser may still be waiting for one. Start clean.
@@ -582,6 +598,7 @@ class UpstreamConnection(asyncio.Protocol):
             self._reading_paused = False
             if not self._dead:
                 cast(asyncio.Transport, self._transport).resume_reading()
+        self._end_exchange()
         if reusable:
             self._phase = _READY
             self._owner.connection_reusable(self)
@@ -718,6 +735,7 @@ class UpstreamConnection(asyncio.Protocol):
         if timer is not None:
             self._timer = None
             timer.cancel()
+        self._end_exchange()
         self._free_slot()
         phase = self._phase
         if phase == _SENDING:

@@ -1,25 +1,37 @@
 """A per-upstream pool of keep-alive HTTP/1.1 connections (the lean transport, DESIGN.md §2).
 
-Targets are chosen round-robin; each target keeps a LIFO stack of idle connections (the most
-recently used socket is the least likely to have been closed by the peer). At most
-``pool.max_connections`` sockets are open per upstream (busy + idle + connecting), and at
-most ``pool.max_idle`` idle. A request that finds no slot waits in FIFO order, up to the
-connect timeout, then fails with UpstreamBusy (503).
+Targets are chosen by the upstream's balancer among the healthy ones (`health.TargetHealth`:
+active checks, passive ejection, panic mode); each target keeps a LIFO stack of idle
+connections (the most recently used socket is the least likely to have been closed by the
+peer). At most ``pool.max_connections`` sockets are open per upstream (busy + idle +
+connecting), and at most ``pool.max_idle`` idle. A request that finds no slot waits in FIFO
+order, up to the connect timeout, then fails with UpstreamBusy (503).
+
+Circuit breaking (``circuit_breaker``): beyond ``max_requests`` requests in flight, or
+``max_pending`` waiting for a slot, a request fails at once with UpstreamOverloaded (503)
+without the upstream being asked. Retries (a route's ``retries``) happen here too, since only
+the pool knows whether a failure came before any response byte and which target it hit.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import socket
+import time
 from collections import deque
 from collections.abc import Sequence
-from typing import ClassVar, Final
+from typing import ClassVar, Final, cast
 
-from gateway.config.model import UpstreamConfig
-from gateway.errors import BadGateway, GatewayTimeout, UpstreamBusy
+from gateway.config.model import RetryConfig, Target, UpstreamConfig
+from gateway.errors import BadGateway, GatewayTimeout, UpstreamBusy, UpstreamOverloaded
 from gateway.messages import BodyStream, Headers, InformationalCallback
+from gateway.upstream.balancer import balancer_for
+from gateway.upstream.checker import MAX_STATUS_LINE, HealthChecker
 from gateway.upstream.connection import UpstreamConnection
+from gateway.upstream.health import TargetHealth
+from gateway.upstream.replay import ReplayableBody
 from gateway.upstream.request import (
     END_OF_HEAD,
     IDEMPOTENT,
@@ -34,6 +46,10 @@ from gateway.upstream.tls import client_context
 # How long an ``Expect: 100-continue`` request holds its body back waiting for 100 (curl
 # waits 1 s; RFC 9110 §10.1.1 says not to wait indefinitely).
 EXPECT_CONTINUE_TIMEOUT: Final = 1.0
+
+# Retries in flight are always allowed up to this many, whatever budget_percent says (Envoy's
+# min_retry_concurrency): a quiet upstream's one failing request may still be retried.
+MIN_RETRY_CONCURRENCY: Final = 3
 
 # A waiter is woken with a connection handed over, or None: "a slot is reserved for you".
 _Waiter = tuple["asyncio.Future[UpstreamConnection | None]", bool]
@@ -50,6 +66,8 @@ class UpstreamPool:
     """Sends requests to one upstream over pooled connections."""
 
     __slots__ = (
+        "_balancer",
+        "_checker",
         "_closed",
         "_connect_timeout",
         "_expect_timeout",
@@ -61,15 +79,22 @@ class UpstreamPool:
         "_loop",
         "_max_connections",
         "_max_idle",
-        "_next_target",
+        "_max_pending",
+        "_max_requests",
         "_open",
+        "_random",
         "_resolver",
+        "_retrying",
+        "_single",
         "_ssl",
         "_targets",
         "_timeouts",
         "_waiters",
         "config",
         "connections_opened",
+        "health",
+        "inflight",
+        "outstanding",
     )
 
     # The class of the connections this pool opens (tests record them with a subclass).
@@ -111,8 +136,38 @@ class UpstreamPool:
         # Sockets open or being opened (busy + idle + connecting), against max_connections.
         self._open = 0
         self._waiters: deque[_Waiter] = deque()
-        self._next_target = 0
         self._closed = False
+        # Exchanges in progress, per target and in all (least_requests, circuit breaking),
+        # and retries in progress (the retry budget).
+        self.inflight = [0] * len(config.targets)
+        self.outstanding = 0
+        self._retrying = 0
+        self._max_requests = config.circuit_breaker.max_requests
+        self._max_pending = config.circuit_breaker.max_pending
+        self.health = TargetHealth(len(config.targets), config.passive_health, time.monotonic)
+        self._single = len(config.targets) == 1
+        self._balancer = balancer_for(
+            config.balance,
+            [(str(target), target.weight) for target in config.targets],
+            self.inflight,
+        )
+        self._random = random.Random()
+        check = config.health_check
+        self._checker = (
+            HealthChecker(
+                config.name,
+                check,
+                targets=config.targets,
+                hosts=[
+                    _ascii_host(target.authority) if host is None else host
+                    for host, target in zip(hosts, config.targets, strict=True)
+                ],
+                health=self.health,
+                connect=self._check_connection,
+            )
+            if check is not None
+            else None
+        )
         # Bound lazily: the pool may be built before the loop runs.
         self._loop: asyncio.AbstractEventLoop | None = None
         # Real TCP (and TLS) connects made, for tests and metrics.
@@ -142,56 +197,190 @@ class UpstreamPool:
         *,
         expect_continue: bool = False,
         on_informational: InformationalCallback | None = None,
+        hash_key: bytes = b"",
+        retries: RetryConfig | None = None,
     ) -> UpstreamResponse:
         """Send a request and return the final response head with its body stream.
 
         Raises BadGateway (refused, reset, invalid response), GatewayTimeout (connect or
-        first-byte timeout), UpstreamBusy (no slot within the connect timeout), or the
-        exception the caller's body iterator raised.
+        first-byte timeout), UpstreamBusy (no slot within the connect timeout),
+        UpstreamOverloaded (circuit breaker), or the exception the caller's body iterator
+        raised. ``retries`` (a route's) allows further attempts, on other targets when there
+        are some; ``hash_key`` is what consistent_hash balances on.
         """
+        if self.outstanding >= self._max_requests:
+            raise UpstreamOverloaded(
+                f"{self._max_requests} requests in flight to upstream {self.config.name!r}"
+                " (circuit_breaker.max_requests)"
+            )
         if content_length == 0:
             body = None  # nothing to pull; "Content-Length: 0" is sent
         has_body = body is not None
         framing = framing_fields(method, has_body, content_length)
         verb = method_bytes(method)
         expect = expect_continue and has_body
-        index = self._pick_target()
+        idempotent = method in IDEMPOTENT
+        # RFC 9110 §9.2.2: only idempotent requests may be sent again unless the route opts in.
+        policy = retries if retries is not None and (idempotent or retries.non_idempotent) else None
+        replay: ReplayableBody | None = None
+        if (
+            body is not None
+            and policy is not None
+            and policy.attempts > 1
+            and (content_length is None or content_length <= policy.max_replay_body)
+        ):
+            replay = ReplayableBody(body, policy.max_replay_body)
+        tried: list[int] = []
+        attempt = 1
+        index = self._pick_target(hash_key, tried)
         fresh = False
+        # This attempt is a retry, counted in _retrying until it ends.
+        retrying = False
         while True:
-            conn = None if fresh else self._take_idle(index)
-            if conn is not None:
-                reused = True
-            else:
-                conn, reused = await self._acquire(index, fresh=fresh)
-            host = self._hosts[conn.target_index]
-            head, close = build_head(
-                verb, target, client_authority if host is None else host, headers, framing
-            )
+            sent_body = replay.attempt() if replay is not None else body
+            self.outstanding += 1
+            # Set once the exchange begins: the connection then owns the counts.
+            exchanging: UpstreamConnection | None = None
+            stale_retry = False
             try:
-                return await conn.exchange(
+                conn = None if fresh else self._take_idle(index)
+                if conn is not None:
+                    reused = True
+                else:
+                    conn, reused = await self._acquire(index, fresh=fresh)
+                index = conn.target_index
+                host = self._hosts[index]
+                head, close = build_head(
+                    verb, target, client_authority if host is None else host, headers, framing
+                )
+                # From here on the connection gives both counts back when its exchange ends.
+                self.inflight[index] += 1
+                exchanging = conn
+                response = await conn.exchange(
                     head,
-                    body,
+                    sent_body,
                     request_close=close,
                     is_head=method == "HEAD",
                     content_length=content_length,
                     expect_continue=expect,
                     on_informational=on_informational,
                 )
-            except BadGateway:
-                # RFC 9112 §9.3.1: a keep-alive connection the upstream closed just as we
-                # reused it. Retry once, on a new connection, only when nothing can have
-                # been acted on twice: an idempotent method (RFC 9110 §9.2.2), no response
-                # byte, and no body byte taken from the caller (it cannot be replayed).
-                if fresh or not (
-                    reused and conn.stale and not conn.body_pulled and method in IDEMPOTENT
+            except (BadGateway, GatewayTimeout):
+                if exchanging is None:
+                    self.outstanding -= 1
+                    self.health.failed(index)
+                    condition = "connect_failure"
+                elif reused and exchanging.stale and not fresh and idempotent:
+                    # RFC 9112 §9.3.1: a keep-alive connection the upstream closed just as we
+                    # reused it. Retry once on a new connection to the same target, whatever
+                    # the route's retries, when nothing can have been acted on twice: an
+                    # idempotent method, no response byte, and a body not taken from the
+                    # caller or kept whole. Not the target's fault: no health penalty.
+                    if exchanging.body_pulled and not _replayable(replay):
+                        raise
+                    stale_retry = True
+                else:
+                    self.health.failed(index)
+                    if not exchanging.stale:
+                        raise  # an invalid response or a response timeout: never retried
+                    condition = "reset"
+                if not stale_retry:
+                    pulled = exchanging is not None and exchanging.body_pulled
+                    if not self._may_retry(policy, condition, attempt, pulled, replay):
+                        raise
+            except BaseException:
+                if exchanging is None:
+                    self.outstanding -= 1
+                raise
+            else:
+                status = response.status
+                if status >= 500:
+                    self.health.failed(index)
+                else:
+                    self.health.succeeded(index)
+                if (
+                    status < 502
+                    or status > 504
+                    or not self._may_retry(policy, str(status), attempt, conn.body_pulled, replay)
                 ):
-                    raise
-            index = conn.target_index
-            fresh = True
+                    return response
+                # The answer is dropped before the client saw a byte of it.
+                await response.release()
+            finally:
+                if retrying:
+                    retrying = False
+                    self._retrying -= 1
+            if stale_retry:
+                fresh = True
+                continue
+            attempt += 1
+            fresh = False
+            tried.append(index)
+            index = self._pick_target(hash_key, tried)
+            self._retrying += 1
+            retrying = True
+            try:
+                await self._backoff(cast(RetryConfig, policy), attempt - 1)
+            except BaseException:
+                self._retrying -= 1
+                raise
+
+    def _may_retry(
+        self,
+        policy: RetryConfig | None,
+        condition: str,
+        attempt: int,
+        body_pulled: bool,
+        replay: ReplayableBody | None,
+    ) -> bool:
+        if policy is None or condition not in policy.on or attempt >= policy.attempts:
+            return False
+        if body_pulled and not _replayable(replay):
+            return False
+        # The retry budget: retries in flight stay a share of the requests in flight, so a
+        # failing upstream never gets its load multiplied by the retries.
+        budget = max(MIN_RETRY_CONCURRENCY, self.outstanding * policy.budget_percent // 100)
+        return self._retrying < budget
+
+    async def _backoff(self, policy: RetryConfig, retry: int) -> None:
+        """Full jitter: a random wait up to the exponential step (AWS architecture blog)."""
+        backoff = policy.backoff
+        ceiling = min(backoff.base * 2.0 ** min(retry - 1, 32), backoff.max)
+        await asyncio.sleep(self._random.uniform(0.0, ceiling))
+
+    def target_states(self) -> list[tuple[Target, bool]]:
+        """Each target, and whether it is in service (healthy, not ejected)."""
+        health = self.health
+        return [(target, health.healthy(i)) for i, target in enumerate(self._targets)]
+
+    def describe_targets(self) -> dict[str, object]:
+        """The targets' state for the admin view."""
+        health = self.health
+        health.usable()  # brings ejections that ended up to date
+        targets = [
+            {
+                "target": str(target),
+                "weight": target.weight,
+                "healthy": health.healthy(i),
+                "checks_pass": health.checked_healthy[i],
+                "ejected_for_s": round(health.ejected_for(i), 3),
+                "in_flight": self.inflight[i],
+            }
+            for i, target in enumerate(self._targets)
+        ]
+        # Panic: every target is out, so every target is used.
+        return {"panic": health.panic, "targets": targets}
+
+    def start(self) -> None:
+        """Start the active health checks, if any (in a running loop)."""
+        if self._checker is not None and not self._closed:
+            self._checker.start()
 
     async def close(self) -> None:
         """Close idle connections now; busy ones close when released (shutdown, reload)."""
         self._closed = True
+        if self._checker is not None:
+            await self._checker.stop()
         timer = self._idle_timer
         if timer is not None:
             self._idle_timer = None
@@ -208,10 +397,18 @@ class UpstreamPool:
 
     # --------------------------------------------------------------- slot management
 
-    def _pick_target(self) -> int:
-        index = self._next_target
-        self._next_target = (index + 1) % len(self._targets)
-        return index
+    def _pick_target(self, key: bytes, tried: Sequence[int]) -> int:
+        """The balancer's choice among the usable targets, other than ``tried`` if possible."""
+        if self._single:
+            return 0
+        usable = self.health.usable()
+        if tried:
+            others = list(usable)
+            for index in tried:
+                others[index] = False
+            if any(others):
+                usable = others
+        return self._balancer.pick(usable, key)
 
     def _take_idle(self, index: int) -> UpstreamConnection | None:
         """An idle connection to ``index`` when nobody is queued for one (no await needed)."""
@@ -243,6 +440,11 @@ class UpstreamPool:
         return await self._connect_reserved(index), False
 
     async def _wait(self, fresh: bool) -> UpstreamConnection | None:
+        if len(self._waiters) >= self._max_pending:
+            raise UpstreamOverloaded(
+                f"{self._max_pending} requests waiting for a connection to upstream"
+                f" {self.config.name!r} (circuit_breaker.max_pending)"
+            )
         loop = self._get_loop()
         waiter: asyncio.Future[UpstreamConnection | None] = loop.create_future()
         entry = (waiter, fresh)
@@ -321,6 +523,11 @@ class UpstreamPool:
         if self._idle_timer is None:
             self._idle_timer = loop.call_at(conn.idle_since + self._idle_timeout, self._expire_idle)
 
+    def exchange_ended(self, conn: UpstreamConnection) -> None:
+        """An exchange that `request` counted is over (whichever way it ended)."""
+        self.outstanding -= 1
+        self.inflight[conn.target_index] -= 1
+
     def connection_gone(self, conn: UpstreamConnection) -> None:
         """The connection closed: drop it from the idle stacks and free its slot."""
         if conn.is_idle:
@@ -366,18 +573,49 @@ class UpstreamPool:
         return conn
 
     async def open_tunnel(
-        self, target: bytes, headers: Headers, client_authority: bytes, protocol: asyncio.Protocol
+        self,
+        target: bytes,
+        headers: Headers,
+        client_authority: bytes,
+        protocol: asyncio.Protocol,
+        hash_key: bytes = b"",
     ) -> bytes:
         """Connect ``protocol`` on a new connection outside the pool (a WebSocket's, which
-        never returns to it) to the next target, with the pool's timeouts and TLS; the
+        never returns to it) to the balancer's target, with the pool's timeouts and TLS; the
         ``GET target`` head to send on it, with ``headers`` and the pool's Host."""
-        index = self._pick_target()
-        await self._open_transport(index, protocol)
+        index = self._pick_target(hash_key, ())
+        try:
+            await self._open_transport(index, protocol)
+        except (BadGateway, GatewayTimeout):
+            self.health.failed(index)
+            raise
         host = self._hosts[index]
         head, _ = build_head(
             b"GET", target, client_authority if host is None else host, headers, END_OF_HEAD
         )
         return head
+
+    async def _check_connection(
+        self, index: int
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A new connection for a health check, resolved and secured as traffic's are (the
+        checker bounds it with its own timeout)."""
+        target = self._targets[index]
+        loop = self._get_loop()
+        addresses = await self._resolver.resolve(target.host, target.port)
+        sock = await _open_socket(loop, addresses)
+        try:
+            if self._ssl is not None and target.scheme == "https":
+                return await asyncio.open_connection(
+                    sock=sock,
+                    ssl=self._ssl,
+                    server_hostname=target.host,
+                    limit=MAX_STATUS_LINE,
+                )
+            return await asyncio.open_connection(sock=sock, limit=MAX_STATUS_LINE)
+        except BaseException:
+            sock.close()
+            raise
 
     async def _open_transport(self, index: int, protocol: asyncio.Protocol) -> None:
         target = self._targets[index]
@@ -407,6 +645,11 @@ class UpstreamPool:
         except OSError as exc:
             # Refused, unreachable, reset, DNS failure, TLS handshake or certificate errors.
             raise BadGateway(f"cannot connect to {target}: {exc}") from None
+
+
+def _replayable(replay: ReplayableBody | None) -> bool:
+    """Whether a body some attempt already took from the caller can be sent again whole."""
+    return replay is not None and replay.replayable and replay.complete
 
 
 def _expire(waiter: asyncio.Future[UpstreamConnection | None]) -> None:

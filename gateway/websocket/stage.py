@@ -157,7 +157,7 @@ class WebSocketStage:
         self._caps = caps
         self._limit = limit
         self._metrics = metrics
-        self._rewriter = Rewriter(route, via_name)
+        self._rewriter = Rewriter(route, via_name, pool.config)
         self._response_timeout = response_timeout
 
     async def __call__(self, request: ProxyRequest) -> ProxyResponse:
@@ -200,7 +200,9 @@ class WebSocketStage:
         fields = upstream_fields(forwarded, key, protocols, deflate_offer=config.permessage_deflate)
         sent = perf_counter()
         try:
-            head = await self._pool.open_tunnel(target, fields, request.authority, side)
+            head = await self._pool.open_tunnel(
+                target, fields, request.authority, side, self._rewriter.hash_key(request)
+            )
             answer = await side.answer(head, self._response_timeout)
         except GatewayError as error:
             kind = "timeout" if error.status == 504 else "connect"

@@ -14,9 +14,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from tests.harness import LOCAL, children, log_events, run_cli, serve_app
+from tests.harness import LOCAL, children, eventually, log_events, run_cli, serve_app
 from tests.integration.test_workers import (
-    eventually,
     metric,
     supervised,
     text_app,

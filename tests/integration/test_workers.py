@@ -12,7 +12,7 @@ import os
 import signal
 import textwrap
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,6 +26,7 @@ from tests.harness import (
     LOCAL,
     GatewayProcess,
     children,
+    eventually,
     log_events,
     serve_app,
     start_gateway_process,
@@ -104,15 +105,6 @@ def gone(pid: int) -> bool:
     still be exiting, holding the process's sockets open.
     """
     return not Path(f"/proc/{pid}").exists()
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str, within: float = 15.0) -> None:
-    """Poll ``check`` until it holds; fail naming ``what`` if it never does ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def scrape(

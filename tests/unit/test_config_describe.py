@@ -8,7 +8,7 @@ import random
 import re
 import typing
 from collections.abc import Callable
-from dataclasses import fields, is_dataclass, replace
+from dataclasses import MISSING, fields, is_dataclass, replace
 from typing import Any
 
 import pytest
@@ -667,6 +667,10 @@ def test_redacted_view() -> None:
     assert upstreams["billing"] == {
         "targets": ["https://billing.internal"],
         "balance": "round_robin",
+        "hash_key": "client_ip",
+        "health_check": None,
+        "passive_health": {"consecutive_failures": 5, "base_ejection": 10.0, "max_ejection": 300.0},
+        "circuit_breaker": {"max_requests": 1024, "max_pending": 1024},
         "pool": {"max_connections": 256, "max_idle": 64, "idle_timeout": 4.0},
         "timeouts": {"connect": 2.0, "response": 30.0, "read": 60.0},
         "tls": {"ca_file": None, "verify": True},
@@ -689,6 +693,14 @@ def test_redacted_view() -> None:
         "cache": None,
         "compression": None,
         "websocket": None,
+        "retries": {
+            "attempts": 2,
+            "on": ["connect_failure", "reset"],
+            "budget_percent": 20,
+            "backoff": {"base": 0.025, "max": 0.25},
+            "non_idempotent": False,
+            "max_replay_body": 64 * KIB,
+        },
     }
     assert view["route_table"] == [
         {
@@ -739,6 +751,10 @@ def _model_paths(cls: type[Any], prefix: str) -> list[str]:
     paths = []
     for f in fields(cls):
         kind = typing.get_type_hints(cls)[f.name]
+        if f.default_factory is not MISSING and type(None) in typing.get_args(kind):
+            # An optional section that is on by default (passive_health, retries) shows its
+            # fields; one that is off by default shows null.
+            kind = type(f.default_factory())
         nested = is_dataclass(kind) and kind not in (ListenAddress, Target, HeaderMatch)
         if nested:
             paths += _model_paths(kind, f"{prefix}{f.name}.")

@@ -26,16 +26,21 @@ from gateway.config.model import (
     AdminConfig,
     CacheConfig,
     CacheSettings,
+    CircuitBreakerConfig,
     CompressionConfig,
     CompressionLevels,
     GatewayConfig,
     HeaderMatch,
+    HealthCheckConfig,
     ListenAddress,
     LoggingConfig,
+    PassiveHealthConfig,
     PoolConfig,
     Rate,
     RateLimitConfig,
     RedisConfig,
+    RetryBackoff,
+    RetryConfig,
     RouteConfig,
     RouteMatch,
     ServerConfig,
@@ -439,14 +444,121 @@ ONE_PROBLEM: list[tuple[str, object, str]] = [
     ),
     (
         "balance-unknown",
-        upstream(balance="least_requests"),
-        "upstreams.users.balance: expected one of 'round_robin', got 'least_requests'",
+        upstream(balance="random"),
+        "upstreams.users.balance: expected one of 'round_robin', 'least_requests',"
+        " 'consistent_hash', got 'random'",
     ),
     (
         "balance-close",
         upstream(balance="round-robin"),
-        "upstreams.users.balance: expected one of 'round_robin', got 'round-robin'"
-        " (did you mean 'round_robin'?)",
+        "upstreams.users.balance: expected one of 'round_robin', 'least_requests',"
+        " 'consistent_hash', got 'round-robin' (did you mean 'round_robin'?)",
+    ),
+    (
+        "target-weight-zero",
+        upstream(targets=[{"url": TARGET, "weight": 0}]),
+        "upstreams.users.targets[0].weight: must be at least 1, got 0",
+    ),
+    (
+        "target-weight-too-big",
+        upstream(targets=[{"url": TARGET, "weight": 257}]),
+        "upstreams.users.targets[0].weight: must be at most 256, got 257",
+    ),
+    (
+        "target-mapping-without-url",
+        upstream(targets=[{"weight": 2}]),
+        "upstreams.users.targets[0].url: missing required key",
+    ),
+    (
+        "target-mapping-unknown-key",
+        upstream(targets=[{"url": TARGET, "weigth": 2}]),
+        "upstreams.users.targets[0].weigth: unknown key (did you mean 'weight'?)",
+    ),
+    (
+        "target-duplicate-with-other-weight",
+        upstream(targets=[TARGET, {"url": TARGET, "weight": 2}]),
+        f"upstreams.users.targets[1]: duplicate target '{TARGET}' (first at"
+        " upstreams.users.targets[0])",
+    ),
+    (
+        "hash-key-without-consistent-hash",
+        upstream(hash_key="client_ip"),
+        "upstreams.users.hash_key: only balance: consistent_hash uses a hash_key",
+    ),
+    (
+        "hash-key-unknown",
+        upstream(balance="consistent_hash", hash_key="cookie:session"),
+        "upstreams.users.hash_key: expected 'client_ip' or 'header:NAME' (e.g."
+        " 'header:X-User-Id'), got 'cookie:session'",
+    ),
+    (
+        "health-check-relative-path",
+        upstream(health_check={"path": "healthz"}),
+        "upstreams.users.health_check.path: expected a path such as '/healthz', got 'healthz'",
+    ),
+    (
+        "health-check-timeout-above-interval",
+        upstream(health_check={"interval": "1s", "timeout": "2s"}),
+        "upstreams.users.health_check.timeout: must not exceed interval (1s), got 2s",
+    ),
+    (
+        "health-check-status-out-of-range",
+        upstream(health_check={"expected_status": [200, "300-600"]}),
+        "upstreams.users.health_check.expected_status: expected statuses from 100 to 599, low"
+        " to high, got '300-600'",
+    ),
+    (
+        "health-check-status-not-a-status",
+        upstream(health_check={"expected_status": ["2xx"]}),
+        "upstreams.users.health_check.expected_status: expected statuses such as 200 or ranges"
+        " such as '200-399', got '2xx'",
+    ),
+    (
+        "health-check-threshold-zero",
+        upstream(health_check={"healthy_threshold": 0}),
+        "upstreams.users.health_check.healthy_threshold: must be at least 1, got 0",
+    ),
+    (
+        "passive-health-max-below-base",
+        upstream(passive_health={"base_ejection": "1m", "max_ejection": "30s"}),
+        "upstreams.users.passive_health.max_ejection: must be at least base_ejection (60s),"
+        " got 30s",
+    ),
+    (
+        "circuit-breaker-zero",
+        upstream(circuit_breaker={"max_pending": 0}),
+        "upstreams.users.circuit_breaker.max_pending: must be at least 1, got 0",
+    ),
+    (
+        "retries-unknown-condition",
+        route(retries={"on": [500]}),
+        "routes[0].retries.on[0]: only 502, 503 and 504 are retried, got 500",
+    ),
+    (
+        "retries-unknown-condition-name",
+        route(retries={"on": ["timeout"]}),
+        "routes[0].retries.on[0]: expected one of 'connect_failure', 'reset', '502', '503',"
+        " '504', got 'timeout'",
+    ),
+    (
+        "retries-duplicate-condition",
+        route(retries={"on": ["reset", "reset"]}),
+        "routes[0].retries.on[1]: duplicate condition 'reset'",
+    ),
+    (
+        "retries-budget-above-100",
+        route(retries={"budget_percent": 150}),
+        "routes[0].retries.budget_percent: must be at most 100, got 150",
+    ),
+    (
+        "retries-backoff-max-below-base",
+        route(retries={"backoff": {"base": "1s"}}),
+        "routes[0].retries.backoff.max: must be at least base (1s), got 0.25s",
+    ),
+    (
+        "retries-attempts-zero",
+        route(retries={"attempts": 0}),
+        "routes[0].retries.attempts: must be at least 1, got 0",
     ),
     (
         "pool-idle-above-connections",
@@ -902,7 +1014,8 @@ def test_routes_are_not_blamed_when_upstreams_is_broken() -> None:
 
 def test_a_route_may_name_an_upstream_that_has_problems() -> None:
     assert problems(upstream(balance="random")) == [
-        "upstreams.users.balance: expected one of 'round_robin', got 'random'"
+        "upstreams.users.balance: expected one of 'round_robin', 'least_requests',"
+        " 'consistent_hash', got 'random'"
     ]
 
 
@@ -1342,8 +1455,23 @@ logging: {level: debug, access_log: false}
 redis: {url: "redis://cache.internal:6380/2"}
 upstreams:
   accounts:
-    targets: ["https://users.internal:8443"]
-    balance: round_robin
+    targets: [{url: "https://users.internal:8443", weight: 3}]
+    balance: consistent_hash
+    hash_key: header:X-User-Id
+    health_check:
+      enabled: true
+      path: /healthz
+      interval: 2s
+      timeout: 500ms
+      healthy_threshold: 1
+      unhealthy_threshold: 2
+      expected_status: [200, "204-299"]
+    passive_health:
+      enabled: true
+      consecutive_failures: 3
+      base_ejection: 5s
+      max_ejection: 1m
+    circuit_breaker: {max_requests: 100, max_pending: 10}
     pool: {max_connections: 32, max_idle: 8, idle_timeout: 2s}
     timeouts: {connect: 1s, response: 10s, read: 20s}
     tls: {ca_file: CA_FILE, verify: false}
@@ -1394,6 +1522,14 @@ routes:
       idle_timeout: 2m
       on_overflow: close
       permessage_deflate: true
+    retries:
+      enabled: true
+      attempts: 3
+      on: [connect_failure, 503]
+      budget_percent: 50
+      backoff: {base: 10ms, max: 100ms}
+      non_idempotent: true
+      max_replay_body: 16KiB
 cache: {max_bytes: 64MiB}
 """
 
@@ -1433,8 +1569,21 @@ def _expected_every_key(ca_file: str) -> GatewayConfig:
         upstreams=(
             UpstreamConfig(
                 name="accounts",
-                targets=(Target("https", "users.internal", 8443),),
-                balance="round_robin",
+                targets=(Target("https", "users.internal", 8443, weight=3),),
+                balance="consistent_hash",
+                hash_key="header:x-user-id",
+                health_check=HealthCheckConfig(
+                    path="/healthz",
+                    interval=2.0,
+                    timeout=0.5,
+                    healthy_threshold=1,
+                    unhealthy_threshold=2,
+                    expected_status=((200, 200), (204, 299)),
+                ),
+                passive_health=PassiveHealthConfig(
+                    consecutive_failures=3, base_ejection=5.0, max_ejection=60.0
+                ),
+                circuit_breaker=CircuitBreakerConfig(max_requests=100, max_pending=10),
                 pool=PoolConfig(max_connections=32, max_idle=8, idle_timeout=2.0),
                 timeouts=UpstreamTimeouts(connect=1.0, response=10.0, read=20.0),
                 tls=UpstreamTLS(ca_file=ca_file, verify=False),
@@ -1490,15 +1639,22 @@ def _expected_every_key(ca_file: str) -> GatewayConfig:
                     on_overflow="close",
                     permessage_deflate=True,
                 ),
+                retries=RetryConfig(
+                    attempts=3,
+                    on=("connect_failure", "503"),
+                    budget_percent=50,
+                    backoff=RetryBackoff(base=0.01, max=0.1),
+                    non_idempotent=True,
+                    max_replay_body=16 * KIB,
+                ),
             ),
         ),
         cache=CacheSettings(max_bytes=64 * MIB),
     )
 
 
-# Fields whose only allowed value is the default (one balancing strategy so far), and the
-# rate-limit strategy: `burst` is only allowed with token_bucket, the default.
-_ONLY_VALUE = {(UpstreamConfig, "balance"), (RateLimitConfig, "strategy")}
+# The rate-limit strategy: `burst` is only allowed with token_bucket, the default.
+_ONLY_VALUE = {(RateLimitConfig, "strategy")}
 
 
 def _differs_from_defaults(value: object, default: object, where: str) -> list[str]:
@@ -1512,6 +1668,8 @@ def _differs_from_defaults(value: object, default: object, where: str) -> list[s
         default = CompressionConfig()
     if default is None and isinstance(value, WebSocketConfig):
         default = WebSocketConfig()
+    if default is None and isinstance(value, HealthCheckConfig):
+        default = HealthCheckConfig()
     if not is_dataclass(value) or isinstance(value, ListenAddress | Target | HeaderMatch | Rate):
         return [where] if value == default else []
     same = []
@@ -1561,6 +1719,9 @@ def test_unit_fields_are_read_from_the_tables() -> None:
         RateLimitConfig,
         CacheConfig,
         WebSocketConfig,
+        HealthCheckConfig,
+        PassiveHealthConfig,
+        RetryBackoff,
     ):
         floats |= {(cls, f.name) for f in fields(cls) if f.type in ("float", "float | None")}
     assert floats == {key for key, kind in kinds.items() if kind == "duration"}
