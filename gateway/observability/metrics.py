@@ -80,8 +80,19 @@ UPSTREAM_DURATION = Histogram(
 UPSTREAM_ERRORS = Counter(
     "gateway_upstream_errors_total",
     "Upstream failures by kind: connect (refused, reset, bad answer), timeout, busy (no pool "
-    "slot), aborted (failed after the response began).",
+    "slot), overloaded (circuit breaker), aborted (failed after the response began).",
     ["upstream", "kind"],
+)
+UPSTREAM_RETRIES = Counter(
+    "gateway_upstream_retries_total",
+    "Requests sent again, by upstream and reason (connect_failure, reset, 502, 503, 504, and"
+    " stale: a reused keep-alive connection the upstream had closed).",
+    ["upstream", "reason"],
+)
+UPSTREAM_EJECTIONS = Counter(
+    "gateway_upstream_ejections_total",
+    "Targets taken out of service by passive health (failures in a row), by upstream and target.",
+    ["upstream", "target"],
 )
 RATELIMIT_DECISIONS = Counter(
     "gateway_ratelimit_decisions_total",
@@ -228,6 +239,15 @@ def count_requests(route: str, method: str, status: int, count: int) -> None:
 
 def count_upstream_errors(upstream: str, kind: str, count: int) -> None:
     UPSTREAM_ERRORS.labels(upstream, kind).inc(count)
+
+
+def count_upstream_retry(upstream: str, reason: str) -> None:
+    # Rare (a failure each), so counted where it happens rather than batched per second.
+    UPSTREAM_RETRIES.labels(upstream, reason).inc()
+
+
+def count_upstream_ejection(upstream: str, target: str) -> None:
+    UPSTREAM_EJECTIONS.labels(upstream, target).inc()
 
 
 def count_ratelimit_decisions(route: str, decision: str, count: int) -> None:

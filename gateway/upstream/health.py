@@ -93,13 +93,16 @@ class TargetHealth:
         self._failures[index] = 0
         self._probation[index] = False
 
-    def failed(self, index: int) -> None:
+    def failed(self, index: int) -> bool:
+        """Record a failure; True when it ejected the target."""
         passive = self._passive
         if passive is None or self.is_ejected(index):
-            return
+            return False
         self._failures[index] += 1
         if self._probation[index] or self._failures[index] >= passive.consecutive_failures:
             self._eject(index, passive)
+            return True
+        return False
 
     def _eject(self, index: int, passive: PassiveHealthConfig) -> None:
         now = self._clock()

@@ -27,6 +27,8 @@ from typing import ClassVar, Final, cast
 from gateway.config.model import RetryConfig, Target, UpstreamConfig
 from gateway.errors import BadGateway, GatewayTimeout, UpstreamBusy, UpstreamOverloaded
 from gateway.messages import BodyStream, Headers, InformationalCallback
+from gateway.observability import metrics
+from gateway.observability.logging import get_logger
 from gateway.upstream.balancer import balancer_for
 from gateway.upstream.checker import MAX_STATUS_LINE, HealthChecker
 from gateway.upstream.connection import UpstreamConnection
@@ -46,6 +48,8 @@ from gateway.upstream.tls import client_context
 # How long an ``Expect: 100-continue`` request holds its body back waiting for 100 (curl
 # waits 1 s; RFC 9110 §10.1.1 says not to wait indefinitely).
 EXPECT_CONTINUE_TIMEOUT: Final = 1.0
+
+log = get_logger("gateway.upstream")
 
 # Retries in flight are always allowed up to this many, whatever budget_percent says (Envoy's
 # min_retry_concurrency): a quiet upstream's one failing request may still be retried.
@@ -268,7 +272,7 @@ class UpstreamPool:
             except (BadGateway, GatewayTimeout):
                 if exchanging is None:
                     self.outstanding -= 1
-                    self.health.failed(index)
+                    self._failed(index)
                     condition = "connect_failure"
                 elif reused and exchanging.stale and not fresh and idempotent:
                     # RFC 9112 §9.3.1: a keep-alive connection the upstream closed just as we
@@ -280,7 +284,7 @@ class UpstreamPool:
                         raise
                     stale_retry = True
                 else:
-                    self.health.failed(index)
+                    self._failed(index)
                     if not exchanging.stale:
                         raise  # an invalid response or a response timeout: never retried
                     condition = "reset"
@@ -295,7 +299,7 @@ class UpstreamPool:
             else:
                 status = response.status
                 if status >= 500:
-                    self.health.failed(index)
+                    self._failed(index)
                 else:
                     self.health.succeeded(index)
                 if (
@@ -311,6 +315,7 @@ class UpstreamPool:
                     retrying = False
                     self._retrying -= 1
             if stale_retry:
+                metrics.count_upstream_retry(self.config.name, "stale")
                 fresh = True
                 continue
             attempt += 1
@@ -324,6 +329,14 @@ class UpstreamPool:
             except BaseException:
                 self._retrying -= 1
                 raise
+
+    def _failed(self, index: int) -> None:
+        if self.health.failed(index):
+            target = str(self._targets[index])
+            name = self.config.name
+            metrics.count_upstream_ejection(name, target)
+            ejection = round(self.health.ejected_for(index), 3)
+            log.warning("upstream_target_ejected", upstream=name, target=target, for_s=ejection)
 
     def _may_retry(
         self,
@@ -340,7 +353,10 @@ class UpstreamPool:
         # The retry budget: retries in flight stay a share of the requests in flight, so a
         # failing upstream never gets its load multiplied by the retries.
         budget = max(MIN_RETRY_CONCURRENCY, self.outstanding * policy.budget_percent // 100)
-        return self._retrying < budget
+        if self._retrying >= budget:
+            return False
+        metrics.count_upstream_retry(self.config.name, condition)
+        return True
 
     async def _backoff(self, policy: RetryConfig, retry: int) -> None:
         """Full jitter: a random wait up to the exponential step (AWS architecture blog)."""
@@ -587,7 +603,7 @@ class UpstreamPool:
         try:
             await self._open_transport(index, protocol)
         except (BadGateway, GatewayTimeout):
-            self.health.failed(index)
+            self._failed(index)
             raise
         host = self._hosts[index]
         head, _ = build_head(

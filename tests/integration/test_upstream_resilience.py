@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, replace
 
 import aiohttp
 import pytest
+from prometheus_client import REGISTRY
 
 from gateway.app import RunningGateway, start
 from gateway.config.model import (
@@ -121,6 +122,13 @@ async def launch(
     return gateway, f"http://{LOCAL}:{gateway.address[1]}"
 
 
+def retries_counted(reason: str) -> float:
+    value = REGISTRY.get_sample_value(
+        "gateway_upstream_retries_total", {"upstream": "svc", "reason": reason}
+    )
+    return value or 0.0
+
+
 def pool_of(gateway: RunningGateway) -> UpstreamPool:
     return gateway.dispatcher.runtime.pools["svc"]
 
@@ -167,10 +175,13 @@ async def test_a_dead_target_is_ejected_and_all_50_requests_succeed(
             assert [t["healthy"] for t in state["targets"]] == [True, False]
             assert state["targets"][1]["ejected_for_s"] > 50
             gauge = f'gateway_upstream_target_healthy{{target="{dead}",upstream="svc"}} 0.0'
+            ejections = f'gateway_upstream_ejections_total{{target="{dead}",upstream="svc"}} 1.0'
 
             async def scraped() -> bool:
                 async with client.get(f"{admin}/metrics") as response:
-                    return gauge in await response.text()
+                    text = await response.text()
+                assert ejections in text
+                return gauge in text
 
             await eventually(scraped, "the gauge sampled", 5)
 
@@ -321,8 +332,10 @@ async def test_a_connect_failure_is_retried_on_another_target(
     async with upstreams("live") as (live,):
         dead = Target("http", LOCAL, closed_port())
         _, base = await launch(gateways, upstream([dead, live.target]))
+        before = retries_counted("connect_failure")
         async with aiohttp.ClientSession() as client:
             assert await get_all(client, f"{base}/x", 10) == [(200, "live")] * 10
+    assert retries_counted("connect_failure") - before == 5
 
 
 async def test_post_is_never_retried_by_default(gateways: list[RunningGateway]) -> None:
