@@ -226,7 +226,8 @@ class RetryConfig:
     on: tuple[RetryCondition, ...] = ("connect_failure", "reset")
     # Retries in flight to the upstream, at most this share of its requests in flight (and
     # always at least 3), per worker, so that retries never multiply the load of a failing
-    # upstream (Envoy's retry budget).
+    # upstream (Envoy's retry budget). Retries of refused connects are not counted: those
+    # requests reached no upstream.
     budget_percent: int = 20
     backoff: RetryBackoff = field(default_factory=RetryBackoff)
     # Also retry methods that are not idempotent (POST, PATCH; RFC 9110 §9.2.2).

@@ -351,9 +351,11 @@ class UpstreamPool:
         if body_pulled and not _replayable(replay):
             return False
         # The retry budget: retries in flight stay a share of the requests in flight, so a
-        # failing upstream never gets its load multiplied by the retries.
+        # failing upstream never gets its load multiplied by the retries. A refused connect is
+        # outside it: that request reached no upstream, so sending it elsewhere adds nothing
+        # (and a burst meeting a dead target before its ejection would otherwise see 502s).
         budget = max(MIN_RETRY_CONCURRENCY, self.outstanding * policy.budget_percent // 100)
-        if self._retrying >= budget:
+        if condition != "connect_failure" and self._retrying >= budget:
             return False
         metrics.count_upstream_retry(self.config.name, condition)
         return True

@@ -338,6 +338,19 @@ async def test_a_connect_failure_is_retried_on_another_target(
     assert retries_counted("connect_failure") - before == 5
 
 
+async def test_a_burst_meeting_a_dead_target_is_all_answered(
+    gateways: list[RunningGateway],
+) -> None:
+    async with upstreams("live") as (live,):
+        dead = Target("http", LOCAL, closed_port())
+        # No ejection: every other request meets the dead target, all at once.
+        _, base = await launch(gateways, upstream([dead, live.target]))
+        async with aiohttp.ClientSession() as client:
+            burst = await asyncio.gather(*(get_all(client, f"{base}/x", 1) for _ in range(40)))
+    # Refused connects are retried outside the retry budget: they reached no upstream.
+    assert [answer for answers in burst for answer in answers] == [(200, "live")] * 40
+
+
 async def test_post_is_never_retried_by_default(gateways: list[RunningGateway]) -> None:
     async with upstreams("live") as (live,):
         dead = Target("http", LOCAL, closed_port())
