@@ -49,6 +49,11 @@ with gzip 6 by nginx (`gzip on`) and by the gateway, each with and without its c
 gzip and for identity (`loadtests/compression_bench.py`): the gateway's ratio to nginx, and
 compressed cache hits against identity hits.
 
+Resilience (`--resilience`, on by default), on fresh processes: the small GET with one of two
+targets dead (a port nothing listens on), nginx, HAProxy and the gateway with their usual
+settings (`loadtests/resilience_bench.py`), each with its ratio to itself with the live target
+alone and the gateway's to nginx's.
+
 Scaling (`--scaling`, on by default; `--no-scaling` skips it), last, on fresh processes: the
 `small` scenario against nginx with `worker_processes 1` and `2` and against the gateway with
 `workers: 1` and `2` (those of `--targets` that are nginx or the gateway), all four in every round,
@@ -98,6 +103,7 @@ from urllib.request import Request, urlopen
 
 import cache_bench
 import compression_bench
+import resilience_bench
 from features import add_ratios, print_features, start_feature_gateways
 from targets import (
     BODY,
@@ -167,8 +173,9 @@ class Target:
         return sum(rss_bytes(pid) for pid in self.pids)
 
 
-def check_answers(targets: list[Target]) -> None:
-    """Each scenario's request through each target reaches the right upstream, whole."""
+def check_answers(targets: list[Target], *, small_only: bool = False) -> None:
+    """Each scenario's request through each target reaches the right upstream, whole
+    (``small_only``: only the small GET, for proxies in front of the small upstream alone)."""
     body = b"x" * 16384
     for target in targets:
         base = f"http://127.0.0.1:{target.port}"
@@ -180,7 +187,7 @@ def check_answers(targets: list[Target]) -> None:
                 lambda data: json.loads(data) == {"received": len(body)},
             ),
         )
-        for request, valid in checks:
+        for request, valid in checks[:1] if small_only else checks:
             with urlopen(request, timeout=10) as response:
                 data = response.read()
             if not valid(data):
@@ -400,6 +407,25 @@ def run_cache(
     finally:
         stop(processes)
     return cache_bench.add_ratios(outcome)
+
+
+def run_resilience(
+    workdir: Path, upstreams: tuple[int, int], args: argparse.Namespace
+) -> dict[str, Any]:
+    """One of two targets dead, each proxy against itself healthy (resilience_bench.py)."""
+    processes: list[subprocess.Popen[bytes]] = []
+    try:
+        started = resilience_bench.start_resilience_targets(
+            workdir, upstreams, args.gateway_build, processes
+        )
+        targets = [Target(label, port, pids) for label, port, pids in started]
+        check_answers(targets, small_only=True)
+        outcome = run_scenario(
+            SCENARIOS["small"], targets, rounds=args.rounds, duration=args.duration, script=None
+        )
+    finally:
+        stop(processes)
+    return resilience_bench.add_ratios(outcome)
 
 
 def run_compression(
@@ -635,6 +661,13 @@ def parse_args() -> argparse.Namespace:
         "their caches (loadtests/compression_bench.py; default on)",
     )
     parser.add_argument(
+        "--resilience",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the small GET with one of two targets dead, nginx, HAProxy and the gateway each "
+        "against itself healthy (loadtests/resilience_bench.py; default on)",
+    )
+    parser.add_argument(
         "--scaling-threads",
         type=int,
         default=2,
@@ -689,6 +722,7 @@ def main() -> int:
         "features": {},
         "cache": {},
         "compression": {},
+        "resilience": {},
         "scaling": {},
     }
     with tempfile.TemporaryDirectory(prefix="gw-bench-") as tmp:
@@ -756,6 +790,10 @@ def main() -> int:
             if args.compression and "gateway" in args.targets:
                 results["compression"] = run_compression(workdir, (small_port, body_port), args)
                 compression_bench.print_compression(results["compression"], args)
+                sys.stdout.flush()
+            if args.resilience and "gateway" in args.targets:
+                results["resilience"] = run_resilience(workdir, (small_port, body_port), args)
+                resilience_bench.print_resilience(results["resilience"], args)
                 sys.stdout.flush()
             if args.scaling:
                 upstreams = (small_port, body_port)

@@ -262,11 +262,15 @@ def nginx_edge_conf(
     gzip_level: int | None = None,
     max_requests: int = MAX_REQUESTS,
     connections: int = 4096,
+    dead_port: int | None = None,
 ) -> Path:
     """nginx in front of the small upstream with one worker and the features of the cache and
     compression sections: ``cache`` puts `proxy_cache` in a zone under ``workdir`` and obeys the
     upstream's Cache-Control; ``gzip_level`` turns `gzip on` at that level for JSON, whoever
-    asks (`gzip_proxied any`), with `Vary: Accept-Encoding` as the gateway sends it."""
+    asks (`gzip_proxied any`), with `Vary: Accept-Encoding` as the gateway sends it.
+    ``dead_port`` adds a second server to the upstream, with nginx's defaults (`max_fails=1
+    fail_timeout=10s`, `proxy_next_upstream error timeout`): the resilience section's."""
+    dead = f" server 127.0.0.1:{dead_port};" if dead_port is not None else ""
     features = ""
     if cache:
         features += textwrap.dedent(
@@ -299,7 +303,7 @@ def nginx_edge_conf(
             f"""
                 keepalive_requests {max_requests};
                 keepalive_timeout 300s;
-                upstream small {{ server 127.0.0.1:{small_port}; keepalive 64; }}
+                upstream small {{ server 127.0.0.1:{small_port};{dead} keepalive 64; }}
                 server {{
                     listen 127.0.0.1:{listen_port} backlog=4096;
                     location / {{
@@ -371,6 +375,7 @@ def gateway_conf(
     redis_url: str | None = None,
     cache: str | None = None,
     gzip_level: int | None = None,
+    dead_port: int | None = None,
 ) -> Path:
     """The gateway with ``workers`` workers; ``ports`` is (small upstream, body upstream, listen).
 
@@ -379,7 +384,8 @@ def gateway_conf(
     puts a per-client-IP limit on every route that never refuses (a million a second): it
     prices the decision, not the refusals. ``cache`` ("memory" or "redis") caches the small
     route's responses in that store. ``gzip_level`` compresses them with gzip (the only
-    coding offered, as nginx has no other) at that level.
+    coding offered, as nginx has no other) at that level. ``dead_port`` adds a second target
+    to the small upstream, with the default passive health and retries.
     """
     small_port, body_port, listen_port = ports
     conf = workdir / f"{name}.yaml"
@@ -410,7 +416,7 @@ def gateway_conf(
               access_log: {"true" if access_log else "false"}
             {{redis}}upstreams:
               small:
-                targets: ["http://127.0.0.1:{small_port}"]
+                targets: ["http://127.0.0.1:{small_port}"{{dead}}]
                 pool: {{ max_idle: 64 }}
               body:
                 targets: ["http://127.0.0.1:{body_port}"]
@@ -430,6 +436,7 @@ def gateway_conf(
         )
         .replace("{extra}", extra)
         .replace("{redis}", redis)
+        .replace("{dead}", f', "http://127.0.0.1:{dead_port}"' if dead_port is not None else "")
     )
     return conf
 
@@ -458,10 +465,13 @@ def launch(
     workdir: Path,
     argvs: dict[str, tuple[int, list[str]]],
     processes: list[subprocess.Popen[bytes]],
+    *,
+    serve_themselves: frozenset[str] = frozenset(),
 ) -> list[tuple[str, int, tuple[int, ...]]]:
     """Start each labelled ``(port, argv)`` (stderr to ``workdir/LABEL.log``; appended to
     ``processes``), then wait until every one listens: (label, port, serving pids) each, the
-    serving process being each one's worker (nginx's or the gateway's)."""
+    serving process being each one's worker (nginx's or the gateway's), or the process itself
+    for the labels in ``serve_themselves`` (HAProxy with -db)."""
     launched = []
     for label, (port, argv) in argvs.items():
         process = start(argv, workdir / f"{label}.log")
@@ -470,7 +480,8 @@ def launch(
     started = []
     for label, port, process in launched:
         wait_for_port(port, log=workdir / f"{label}.log")
-        started.append((label, port, worker_children(process.pid)))
+        pids = (process.pid,) if label in serve_themselves else worker_children(process.pid)
+        started.append((label, port, pids))
     return started
 
 
