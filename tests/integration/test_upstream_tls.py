@@ -5,16 +5,18 @@ from __future__ import annotations
 import socket
 import ssl
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import trustme
 from aiohttp import web
 
-from gateway.config.model import Target, UpstreamTLS
+from gateway.config.model import HealthCheckConfig, Target, UpstreamTLS
 from gateway.errors import BadGateway, GatewayTimeout
 from gateway.upstream import Resolver, UpstreamPool
 from gateway.upstream.resolver import Address
+from tests.harness import eventually
 from tests.upstream_servers import (
     AioUpstream,
     RawConnection,
@@ -155,3 +157,29 @@ async def test_close_delimited_body_over_tls_ends_at_close_notify(
         )
         assert await fetch(pool) == b"read until close"
         await pool.close()
+
+
+async def test_health_checks_reach_https_targets_verified(ca: trustme.CA, ca_file: str) -> None:
+    async def health(request: web.BaseRequest) -> web.StreamResponse:
+        checked.append((request.path, request.headers.get("Connection", "")))
+        return web.Response(status=200 if request.path == "/healthz" else 404)
+
+    checked: list[tuple[str, str]] = []
+    async with AioUpstream(health, ssl_context=server_context(ca, "127.0.0.1")) as upstream:
+        check = HealthCheckConfig(path="/healthz", interval=0.05, timeout=0.05)
+        good = upstream_config(upstream.target("https"), tls=UpstreamTLS(ca_file=ca_file))
+        pool = UpstreamPool(replace(good, health_check=check))
+        # Without the CA the certificate cannot be verified: every check fails.
+        unverified = UpstreamPool(replace(good, tls=UpstreamTLS(), health_check=check))
+        pool.start()
+        unverified.start()
+
+        async def settled() -> bool:
+            return not unverified.health.checked_healthy[0] and len(checked) >= 3
+
+        await eventually(settled, "three checks, and the unverified target out", 5)
+        await pool.close()
+        await unverified.close()
+    assert pool.health.checked_healthy == [True]
+    assert unverified.health.checked_healthy == [False]
+    assert checked[:3] == [("/healthz", "close")] * 3
