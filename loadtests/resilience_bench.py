@@ -30,6 +30,7 @@ from targets import (
     gateway_conf,
     haproxy_argv,
     haproxy_maxconn,
+    haproxy_preamble,
     launch,
     nginx_argv,
     nginx_edge_conf,
@@ -56,23 +57,9 @@ def haproxy_small_conf(
     dead = f"\n    server s2 127.0.0.1:{dead_port} check inter 1s" if dead_port else ""
     conf = workdir / f"{name}.cfg"
     conf.write_text(
-        textwrap.dedent(
+        haproxy_preamble(workdir, name, maxconn, "retries 2\noption redispatch\n")
+        + textwrap.dedent(
             f"""\
-            global
-                nbthread 1
-                maxconn {maxconn}
-                pidfile {workdir}/{name}.pid
-            defaults
-                mode http
-                option http-keep-alive
-                http-reuse always
-                retries 2
-                option redispatch
-                timeout connect 2s
-                timeout client 300s
-                timeout server 60s
-                timeout http-request 10s
-                timeout http-keep-alive 300s
             frontend edge
                 bind 127.0.0.1:{listen_port}
                 maxconn {maxconn}

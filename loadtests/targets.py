@@ -319,6 +319,28 @@ def nginx_edge_conf(
     return conf
 
 
+def haproxy_preamble(workdir: Path, name: str, maxconn: int, defaults: str = "") -> str:
+    """HAProxy's global and defaults sections: 1 thread, http mode with keep-alive both ways,
+    no logging; ``defaults`` adds lines (each ending in a newline) to the defaults."""
+    return textwrap.dedent(
+        f"""\
+            global
+                nbthread 1
+                maxconn {maxconn}
+                pidfile {workdir}/{name}.pid
+            defaults
+                mode http
+                option http-keep-alive
+                http-reuse always
+                timeout connect 5s
+                timeout client 300s
+                timeout server 60s
+                timeout http-request 10s
+                timeout http-keep-alive 300s
+            """
+    ) + textwrap.indent(defaults, "    ")
+
+
 def haproxy_conf(workdir: Path, ports: tuple[int, int, int], *, maxconn: int = 4096) -> Path:
     """HAProxy in http mode: 1 thread, keep-alive to the upstreams, no logging.
 
@@ -330,21 +352,9 @@ def haproxy_conf(workdir: Path, ports: tuple[int, int, int], *, maxconn: int = 4
     small_port, body_port, listen_port = ports
     conf = workdir / "haproxy.cfg"
     conf.write_text(
-        textwrap.dedent(
+        haproxy_preamble(workdir, "haproxy", maxconn)
+        + textwrap.dedent(
             f"""\
-            global
-                nbthread 1
-                maxconn {maxconn}
-                pidfile {workdir}/haproxy.pid
-            defaults
-                mode http
-                option http-keep-alive
-                http-reuse always
-                timeout connect 5s
-                timeout client 300s
-                timeout server 60s
-                timeout http-request 10s
-                timeout http-keep-alive 300s
             frontend edge
                 bind 127.0.0.1:{listen_port}
                 maxconn {maxconn}
