@@ -600,13 +600,23 @@ class UpstreamPool:
     ) -> bytes:
         """Connect ``protocol`` on a new connection outside the pool (a WebSocket's, which
         never returns to it) to the balancer's target, with the pool's timeouts and TLS; the
-        ``GET target`` head to send on it, with ``headers`` and the pool's Host."""
-        index = self._pick_target(hash_key, ())
-        try:
-            await self._open_transport(index, protocol)
-        except (BadGateway, GatewayTimeout):
-            self._failed(index)
-            raise
+        ``GET target`` head to send on it, with ``headers`` and the pool's Host.
+
+        A connect that fails is tried once more on another target when there is one: nothing
+        was sent, so the handshake is safe to start elsewhere.
+        """
+        tried: list[int] = []
+        while True:
+            index = self._pick_target(hash_key, tried)
+            try:
+                await self._open_transport(index, protocol)
+                break
+            except (BadGateway, GatewayTimeout):
+                self._failed(index)
+                tried.append(index)
+                if len(tried) > 1 or self._single:
+                    raise
+            metrics.count_upstream_retry(self.config.name, "connect_failure")
         host = self._hosts[index]
         head, _ = build_head(
             b"GET", target, client_authority if host is None else host, headers, END_OF_HEAD

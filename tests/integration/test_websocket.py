@@ -17,7 +17,7 @@ from aiohttp import WSCloseCode, WSMsgType, web
 from gateway.app import RunningGateway, start
 from gateway.config.model import RouteConfig, ServerConfig, ServerLimits, WebSocketConfig
 from gateway.websocket.frames import OP_BINARY
-from tests.harness import LOCAL, gateway_config, serve_app, upstream_to
+from tests.harness import LOCAL, closed_port, gateway_config, serve_app, upstream_to
 from tests.integration.test_observability import scrape
 
 
@@ -457,3 +457,20 @@ async def test_a_greeting_sent_right_after_the_101_reaches_the_client(
         for _ in range(20):  # whether or not the greeting shares a segment with the 101
             async with session.ws_connect(url(gateway, "/ws?greet=1")) as ws:
                 assert await ws.receive_str(timeout=5) == "welcome"
+
+
+async def test_an_upgrade_meeting_a_dead_target_is_relayed_by_the_live_one(
+    upstream: tuple[Upstream, int], gateways: list[RunningGateway]
+) -> None:
+    recorder, port = upstream
+    route = RouteConfig(name="live", upstream="origin", websocket=WebSocketConfig())
+    origin = upstream_to("origin", closed_port(), port)
+    gateway = await start(gateway_config([origin], [route]))
+    gateways.append(gateway)
+    async with aiohttp.ClientSession() as session:
+        # Round robin: one of the two upgrades meets the dead target first.
+        for n in range(2):
+            async with session.ws_connect(url(gateway)) as ws:
+                await ws.send_str(f"hello {n}")
+                assert await ws.receive_str(timeout=5) == f"hello {n}"
+    assert len(recorder.handshakes) == 2
