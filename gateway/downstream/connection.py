@@ -20,8 +20,10 @@ Edge rules enforced here (HARDENING.md §A, §F), each answered with the JSON er
 * a Transfer-Encoding other than ``chunked`` alone: 501 and close (RFC 9112 §6.1);
 * trailer fields are never merged into the header section (RFC 9110 §6.5.1): they are
   dropped, and framing or routing fields among them (Content-Length, Transfer-Encoding, Host)
-  are a 400; chunk framing, extensions and trailers between two body bytes are bounded by
-  ``max_header_bytes``.
+  are a 400; a body's chunk framing, extensions and trailers may exceed its content by
+  ``max_header_bytes`` at most (400 beyond);
+* CONNECT: 400, the gateway is not a forward proxy;
+* the parsed-but-unanswered pipelined requests are bounded (`_feed`).
 
 One timer per connection serves every deadline: it is re-armed lazily only when a later
 deadline moved, so back-to-back keep-alive requests create no timer objects, and a body's
@@ -374,10 +376,9 @@ class ClientConnection(asyncio.Protocol):
         llhttp parses a whole buffer in one call and httptools cannot pause it, so a read of
         pipelined requests would become that many parsed requests at once: 64 KiB of small
         GETs is two thousand of them, each costing some 17 times its bytes (520 bytes for a
-        30-byte GET, measured with tracemalloc). A large buffer is
-        therefore fed in FEED_SLICE pieces while heads are being parsed, and the rest is kept
-        as bytes (`_unparsed`) until the queue has room (`_dispatch`). A body is fed whole:
-        its own buffer bounds it.
+        30-byte GET, measured with tracemalloc). A large buffer is therefore fed in FEED_SLICE
+        pieces while heads are being parsed, and the rest is kept as bytes (`_unparsed`) until
+        the queue has room (`_dispatch`). A body is fed whole: its own buffer bounds it.
         """
         size = len(data)
         if size <= FEED_SLICE:

@@ -366,9 +366,13 @@ async def test_an_upstream_response_with_both_lengths_is_not_relayed(launch: Lau
 
     async with RawUpstream(both) as upstream:
         gateway = await launch(upstream.port)
-        talk = await converse(gateway.address[1], request(b"GET / HTTP/1.1", HOST))
+        talk = await converse(
+            gateway.address[1], request(b"GET / HTTP/1.1", HOST, b"Connection: close")
+        )
     assert talk.statuses == [502]
+    assert talk.responses[0].json()["error"] == "bad_gateway"
     assert b"hello" not in talk.data
+    assert talk.closed
 
 
 async def test_junk_after_an_upstream_body_is_never_relayed(launch: Launch) -> None:

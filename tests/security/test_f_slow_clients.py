@@ -113,6 +113,25 @@ async def test_a_socket_that_sends_nothing_gets_408_at_the_deadline(
     assert recording.requests == []
 
 
+async def test_an_idle_keep_alive_connection_is_closed_at_the_keepalive_timeout(
+    recording: RecordingUpstream, launch: Launch
+) -> None:
+    gateway = await launch(recording.port, timeouts={"keepalive": 0.5})
+    loop = asyncio.get_running_loop()
+    reader, writer = await open_raw(gateway.address[1])
+    try:
+        writer.write(GET)
+        assert (await read_one(reader)).status == 200
+        started = loop.time()
+        data, closed, reset = await read_until_close(reader)
+    finally:
+        await close_writer(writer)
+    # A silent close, as every server does at its keep-alive timeout: no 408 for a client
+    # that did nothing wrong.
+    assert (data, closed, reset) == (b"", True, False)
+    assert 0.45 <= loop.time() - started < 2.5
+
+
 # --- the body ---------------------------------------------------------------------------------
 
 
