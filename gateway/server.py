@@ -376,6 +376,7 @@ class GatewayServer(ConnectionRegistry):
         self.admitted = 0
         self.per_ip: dict[str, int] = {}
         self.refusing = 0
+        self.max_refusing = MAX_REFUSING
 
     def __call__(self) -> ClientConnection:
         server = self.dispatcher.runtime.config.server
@@ -402,7 +403,7 @@ class GatewayServer(ConnectionRegistry):
             reason = "max_connections_per_ip"
             message = f"this address holds {per_ip} connections, its cap"
         self.dispatcher.metrics.connection_refused(reason)
-        if self.refusing >= MAX_REFUSING:
+        if self.refusing >= self.max_refusing:
             conn.admission = _ABORTED
             conn.abort()
             return
