@@ -79,6 +79,15 @@ class HeadersTooLarge(GatewayError):
     close_connection = True
 
 
+class UnsupportedTransferCoding(GatewayError):
+    """A request body in a transfer coding other than chunked alone (RFC 9112 §6.1: a server
+    that receives a transfer coding it does not understand should answer 501)."""
+
+    status = 501
+    code = "unsupported_transfer_coding"
+    close_connection = True
+
+
 class TooManyRequests(GatewayError):
     """A rate limit refused the request (RFC 6585 §4); Retry-After says when to come back.
 
@@ -133,6 +142,15 @@ class WebSocketCapacity(GatewayError):
 
     status = 503
     code = "websocket_capacity"
+
+
+class ConnectionCapacity(GatewayError):
+    """The worker holds `max_connections` client connections, or the client's IP holds
+    `max_connections_per_ip`: the connection's first request gets this, then it closes."""
+
+    status = 503
+    code = "connection_capacity"
+    close_connection = True
 
 
 class WebSocketClientLimit(GatewayError):

@@ -29,7 +29,7 @@ from gateway.downstream.writer import (
     response_head,
 )
 from gateway.edge import RequestHead, build_request, request_id_of
-from gateway.errors import GatewayError, RouteNotFound, UpstreamAborted
+from gateway.errors import ConnectionCapacity, GatewayError, RouteNotFound, UpstreamAborted
 from gateway.messages import CompleteBody, Headers, ProxyRequest, ProxyResponse
 from gateway.observability.access_log import AccessLog
 from gateway.observability.logging import get_logger
@@ -341,11 +341,30 @@ class InterimRelay:
         self._conn.send_interim(interim_head(status, reason, kept))
 
 
+# What the connection caps made of a connection (`ClientConnection.admission`).
+_ABORTED = 0  # refused and dropped at once (or not yet seen by connection_opened)
+_ADMITTED = 1
+_REFUSING = 2  # refused, being answered 503
+
+# Refused connections being answered at once, per worker. Answering costs a connection's
+# memory and descriptor for up to a second (`REFUSAL_WAIT`), so beyond this many a refused
+# connection is dropped without an answer: a flood past the caps costs next to nothing.
+MAX_REFUSING = 256
+
+
 class GatewayServer(ConnectionRegistry):
     """Makes a `ClientConnection` per accepted socket and tracks the open ones.
 
     The limits come from the runtime being served when the connection is accepted, so a reload
     applies new limits and timeouts to new connections while established ones keep theirs.
+
+    It enforces the connection caps (HARDENING.md §F): at most `max_connections` admitted
+    connections in this worker and, when set, `max_connections_per_ip` from one address. A
+    connection beyond a cap gets 503 (`connection_capacity`) and is closed, or is dropped at
+    once while MAX_REFUSING others are being refused. Open connections are counted per IP
+    whatever the config says, so a reload that sets the per-IP cap sees the connections already
+    open; an address has an entry only while it has connections open, so the table holds at
+    most `max_connections` entries.
     """
 
     def __init__(self, dispatcher: Dispatcher) -> None:
@@ -353,6 +372,11 @@ class GatewayServer(ConnectionRegistry):
         self.connections: set[ClientConnection] = set()
         self._limits: tuple[object, ConnectionLimits] | None = None
         self._loop = asyncio.get_running_loop()
+        # Admitted connections, in all and per client IP.
+        self.admitted = 0
+        self.per_ip: dict[str, int] = {}
+        self.refusing = 0
+        self.max_refusing = MAX_REFUSING
 
     def __call__(self) -> ClientConnection:
         server = self.dispatcher.runtime.config.server
@@ -363,9 +387,47 @@ class GatewayServer(ConnectionRegistry):
 
     def connection_opened(self, conn: ClientConnection) -> None:
         self.connections.add(conn)
+        limits = conn.limits
+        ip = conn.peer_ip
+        from_ip = self.per_ip.get(ip, 0)
+        per_ip = limits.max_connections_per_ip
+        if self.admitted < limits.max_connections and (per_ip is None or from_ip < per_ip):
+            conn.admission = _ADMITTED
+            self.admitted += 1
+            self.per_ip[ip] = from_ip + 1
+            return
+        if self.admitted >= limits.max_connections:
+            reason = "max_connections"
+            message = f"the gateway holds {limits.max_connections} connections, its cap"
+        else:
+            reason = "max_connections_per_ip"
+            message = f"this address holds {per_ip} connections, its cap"
+        self.dispatcher.metrics.connection_refused(reason)
+        if self.refusing >= self.max_refusing:
+            conn.admission = _ABORTED
+            conn.abort()
+            return
+        conn.admission = _REFUSING
+        self.refusing += 1
+        conn.refuse(ConnectionCapacity(message))
 
     def connection_closed(self, conn: ClientConnection) -> None:
         self.connections.discard(conn)
+        admission = conn.admission
+        if admission == _ADMITTED:
+            self.admitted -= 1
+            ip = conn.peer_ip
+            left = self.per_ip[ip] - 1
+            if left:
+                self.per_ip[ip] = left
+            else:
+                del self.per_ip[ip]
+        elif admission == _REFUSING:
+            self.refusing -= 1
+        conn.admission = _ABORTED
+
+    def client_timed_out(self, kind: str) -> None:
+        self.dispatcher.metrics.client_timed_out(kind)
 
     async def shutdown(self, grace: float) -> None:
         """Close idle connections now, busy ones after their response, the rest at ``grace``."""

@@ -125,6 +125,7 @@ async def _serve(config: GatewayConfig, port: int, status: StatusChannel) -> int
     from gateway.observability.logging import get_logger
 
     log = get_logger("worker")
+    _check_fd_limit(config, log)
     gateway = await start(config, reuse_port=True, admin=False)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -138,6 +139,18 @@ async def _serve(config: GatewayConfig, port: int, status: StatusChannel) -> int
     await gateway.drain(drain)
     log.info("worker_stopped", pid=os.getpid())
     return 0
+
+
+def _check_fd_limit(config: GatewayConfig, log: Any) -> None:
+    """Raise the descriptor limit as far as allowed, and say so when the connection cap
+    cannot be reached under it (HARDENING.md §F: the global cap is on by default)."""
+    from gateway.downstream.listener import fd_budget_problem, raise_fd_limit
+
+    limit = raise_fd_limit()
+    pools = sum(upstream.pool.max_connections for upstream in config.upstreams)
+    problem = fd_budget_problem(limit, config.server.limits.max_connections, pools)
+    if problem is not None:
+        log.warning("fd_limit_low", pid=os.getpid(), limit=limit, problem=problem)
 
 
 async def _read_commands(

@@ -288,6 +288,13 @@ class RecordingUpstream:
                     return
                 try:
                     connection.parser.feed_data(data)
+                except httptools.HttpParserUpgrade:
+                    # CONNECT or Upgrade: a gateway must never pass either on to an upstream
+                    # that did not agree to switch protocols. Recorded as refused.
+                    self.rejected.append("switching protocols (CONNECT or Upgrade)")
+                    writer.write(BAD_REQUEST)
+                    await writer.drain()
+                    return
                 except httptools.HttpParserError as error:
                     self.rejected.append(str(error))
                     writer.write(BAD_REQUEST)

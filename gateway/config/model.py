@@ -39,6 +39,13 @@ class ServerLimits:
     max_requests_per_connection: int = 1000
     # WebSocket relays open at once, all workers and routes together (503 beyond).
     max_websockets: int = 10_000
+    # Client connections open at once in one worker process (503 and close beyond). Each holds
+    # a file descriptor and, idle, about 6 KiB: 10,000 is 60 MiB and fits a 16,384-fd limit
+    # with room for the upstream pools (256 connections per upstream by default).
+    max_connections: int = 10_000
+    # Client connections open at once from one IP address in one worker (503 and close beyond).
+    # Off by default: behind an L4 balancer or a NAT every client may share one address.
+    max_connections_per_ip: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +54,11 @@ class ServerTimeouts:
     header_read: float = 10.0
     # Idle keep-alive connection from a client.
     keepalive: float = 60.0
+    # The longest gap between two reads of a request body that is still arriving (slow POST).
+    body_progress: float = 30.0
+    # The longest a client may leave a response unread: no byte taken from the gateway's send
+    # buffer for this long, while it is full, drops the connection (nginx's send_timeout).
+    send: float = 60.0
     # SIGTERM: time for in-flight requests to finish before the process exits.
     drain: float = 25.0
 

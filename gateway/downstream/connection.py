@@ -12,10 +12,22 @@ Edge rules enforced here (HARDENING.md §A, §F), each answered with the JSON er
   and the connection closes, since its framing can no longer be trusted;
 * a header-read deadline from accept, and from the first byte of every later request, until
   the head is complete: 408 and close (slowloris);
-* a keep-alive idle timeout between requests, and a cap on requests per connection.
+* a keep-alive idle timeout between requests, and a cap on requests per connection;
+* a request body that gets no byte for ``body_progress`` (slow POST): its reader fails with
+  408, which is answered with Connection: close;
+* a response the client leaves unread, the send buffer full and not shrinking for ``send``
+  (slow reader): the connection is aborted, which releases the upstream side too;
+* a Transfer-Encoding other than ``chunked`` alone: 501 and close (RFC 9112 §6.1);
+* trailer fields are never merged into the header section (RFC 9110 §6.5.1): they are
+  dropped, and framing or routing fields among them (Content-Length, Transfer-Encoding, Host)
+  are a 400; a body's chunk framing, extensions and trailers may exceed its content by
+  ``max_header_bytes`` at most (400 beyond);
+* CONNECT: 400, the gateway is not a forward proxy;
+* the parsed-but-unanswered pipelined requests are bounded (`_feed`).
 
 One timer per connection serves every deadline: it is re-armed lazily only when a later
-deadline moved, so back-to-back keep-alive requests create no timer objects.
+deadline moved, so back-to-back keep-alive requests create no timer objects, and a body's
+progress costs a clock read per received chunk, never a timer.
 """
 
 from __future__ import annotations
@@ -38,6 +50,7 @@ from gateway.errors import (
     GatewayError,
     HeadersTooLarge,
     RequestTimeout,
+    UnsupportedTransferCoding,
     UriTooLong,
 )
 from gateway.headers import new_request_id
@@ -50,7 +63,16 @@ MAX_PIPELINED: Final = 16
 # while the client is still sending (nginx's lingering close does the same).
 LINGER_SECONDS: Final = 2.0
 
+# Bytes parsed in one go while request heads are being read (`ClientConnection._feed`).
+FEED_SLICE: Final = 8 * 1024
+# A connection refused by a connection cap waits at most this long for its first head before
+# it is answered (503) anyway: refusing must cost little.
+REFUSAL_WAIT: Final = 1.0
+
 _VERSIONS: Final = {"1.1": (1, 1), "1.0": (1, 0)}
+# RFC 9110 §6.5.1: a trailer must not carry framing or routing fields. Seen in a request's
+# trailer section they are an attempt to reframe or reroute it: 400.
+_TRAILER_FORBIDDEN: Final = frozenset({b"content-length", b"transfer-encoding", b"host"})
 
 
 class ClientGone(Exception):
@@ -95,19 +117,28 @@ class ConnectionLimits:
     """The edge limits of one connection, taken from the config served when it was accepted."""
 
     __slots__ = (
+        "body_progress",
         "header_read",
         "keepalive",
         "max_body",
+        "max_connections",
+        "max_connections_per_ip",
         "max_header_bytes",
         "max_headers",
         "max_line",
         "max_requests",
+        "send",
     )
 
     def __init__(self, server: ServerConfig) -> None:
         limits = server.limits
-        self.header_read = server.timeouts.header_read
-        self.keepalive = server.timeouts.keepalive
+        timeouts = server.timeouts
+        self.header_read = timeouts.header_read
+        self.keepalive = timeouts.keepalive
+        self.body_progress = timeouts.body_progress
+        self.send = timeouts.send
+        self.max_connections = limits.max_connections
+        self.max_connections_per_ip = limits.max_connections_per_ip
         self.max_body = limits.max_body
         self.max_header_bytes = limits.max_header_bytes
         self.max_headers = limits.max_headers
@@ -138,16 +169,21 @@ class ConnectionRegistry:
 
     def connection_closed(self, conn: ClientConnection) -> None: ...
 
+    def client_timed_out(self, kind: str) -> None:
+        """A client missed a deadline: ``header_read``, ``body_progress`` or ``send``."""
+
 
 class ClientConnection(asyncio.Protocol):
     """An accepted client connection."""
 
     __slots__ = (
+        "_body_deadline",
         "_closed",
         "_content_length",
         "_current",
         "_drain_waiter",
         "_draining",
+        "_eof",
         "_field_count",
         "_handler",
         "_head_bytes",
@@ -160,19 +196,26 @@ class ClientConnection(asyncio.Protocol):
         "_in_head",
         "_lingering",
         "_loop",
+        "_non_body",
         "_notes",
         "_parser",
         "_parsing",
         "_paused_for",
         "_queue",
+        "_refusal",
         "_registry",
+        "_send_backlog",
+        "_send_deadline",
         "_stopped",
         "_task",
+        "_te",
         "_timer",
         "_tunnel",
+        "_unparsed",
         "_url",
         "_wakeup",
         "_write_paused",
+        "admission",
         "closed_waiter",
         "limits",
         "peer_ip",
@@ -203,6 +246,8 @@ class ClientConnection(asyncio.Protocol):
         self._header_bytes = 0
         self._head_bytes = 0
         self._content_length: bytes | None = None
+        # The Transfer-Encoding values, joined with commas when there are several lines.
+        self._te: bytes | None = None
         self._notes = FieldNotes()
         # The message whose body the parser is reading, if any.
         self._parsing: PendingRequest | None = None
@@ -214,9 +259,13 @@ class ClientConnection(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         # What `_serve` waits on between requests; set when the next one is dispatched.
         self._wakeup: asyncio.Future[None] | None = None
-        # Parsing stopped for good (an error, CONNECT, or closing): data is ignored.
+        # Parsing stopped for good (an error, or closing): data is ignored.
         self._stopped = False
         self._closed = False
+        # The client half-closed its side: nothing more will arrive.
+        self._eof = False
+        # Received bytes not parsed yet, held while MAX_PIPELINED heads wait (`_feed`).
+        self._unparsed = b""
         self._draining = False
         self._lingering = False
         # Reasons reading is paused: a bit each for the pipeline queue and a body backlog.
@@ -226,6 +275,19 @@ class ClientConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None
         self._head_deadline: float | None = None
         self._idle_deadline: float | None = None
+        # The body being received must get a byte by then (restarted by every body byte).
+        self._body_deadline: float | None = None
+        # While a body is being parsed: the bytes received minus twice the body bytes, that is
+        # the framing bytes (chunk sizes, extensions, trailers) minus the body bytes.
+        self._non_body = 0
+        # While the send buffer is full: when it must have shrunk, and its size then.
+        self._send_deadline: float | None = None
+        self._send_backlog = 0
+        # Set by the server when a connection cap refuses this connection: the answer to its
+        # first request.
+        self._refusal: GatewayError | None = None
+        # What the server's connection caps made of this connection (GatewayServer's).
+        self.admission = 0
         self.requests_served = 0
         # After an Upgrade request: the bytes that followed it, held (reading paused) until
         # its answer says whether they are the new protocol's or the next request.
@@ -246,8 +308,20 @@ class ClientConnection(asyncio.Protocol):
         self._registry.connection_opened(self)
         # The first head's deadline runs from accept: a connection that sends nothing is a
         # slowloris too.
-        self._head_deadline = self._loop.time() + self.limits.header_read
+        wait = self.limits.header_read
+        if self._refusal is not None:
+            wait = min(wait, REFUSAL_WAIT)
+        self._head_deadline = self._loop.time() + wait
         self._arm(self._head_deadline)
+
+    def refuse(self, error: GatewayError) -> None:
+        """A connection cap refused this connection: its first request (or, when none comes
+        within REFUSAL_WAIT, the connection) is answered with ``error``, then it closes.
+
+        Reading the head first lets the answer be a response to it (its request id, no body
+        for HEAD), and closing after it does not reset the connection under unread bytes.
+        """
+        self._refusal = error
 
     def connection_lost(self, exc: Exception | None) -> None:
         tunnel = self._tunnel
@@ -255,6 +329,7 @@ class ClientConnection(asyncio.Protocol):
             tunnel.lost()
         self._closed = True
         self._stopped = True
+        self._unparsed = b""
         timer = self._timer
         if timer is not None:
             self._timer = None
@@ -289,10 +364,52 @@ class ClientConnection(asyncio.Protocol):
             return
         if self._stopped:
             return  # after an error or while lingering: discarded
+        if self._unparsed:
+            self._unparsed += data  # reading is paused: at most what was already read
+            return
+        self._feed(data)
+        self._dispatch()
+
+    def _feed(self, data: bytes) -> None:
+        """Parse ``data``, holding back what follows once MAX_PIPELINED heads are queued.
+
+        llhttp parses a whole buffer in one call and httptools cannot pause it, so a read of
+        pipelined requests would become that many parsed requests at once: 64 KiB of small
+        GETs is two thousand of them, each costing some 17 times its bytes (520 bytes for a
+        30-byte GET, measured with tracemalloc). A large buffer is therefore fed in FEED_SLICE
+        pieces while heads are being parsed, and the rest is kept as bytes (`_unparsed`) until
+        the queue has room (`_dispatch`). A body is fed whole: its own buffer bounds it.
+        """
+        size = len(data)
+        if size <= FEED_SLICE:
+            self._feed_part(data, data)
+        else:
+            view = memoryview(data)
+            offset = 0
+            while offset < size:
+                if len(self._queue) > MAX_PIPELINED:
+                    self._unparsed = bytes(view[offset:])
+                    return
+                parsing = self._parsing
+                if parsing is not None and not parsing.body_complete:
+                    end = size
+                else:
+                    end = min(offset + FEED_SLICE, size)
+                if not self._feed_part(view[offset:end], view[offset:]):
+                    return
+                offset = end
+        if self._eof and not self._unparsed:
+            self._ended()
+
+    def _feed_part(self, part: bytes | memoryview, rest: bytes | memoryview) -> bool:
+        """Parse ``part``, the start of ``rest`` (the unparsed bytes); whether to go on."""
+        if self._parsing is not None:
+            self._non_body += len(part)  # less twice each body byte (on_body)
         try:
-            self._parser.feed_data(data)
+            self._parser.feed_data(part)
         except httptools.HttpParserUpgrade as upgrade:
-            self._upgraded(data, upgrade)
+            self._upgraded(bytes(rest), upgrade)
+            return False
         except httptools.HttpParserError as exc:
             cause = exc.__context__
             if isinstance(cause, GatewayError):
@@ -301,32 +418,55 @@ class ClientConnection(asyncio.Protocol):
                 self._parse_failed(
                     BadRequest(str(exc)), in_body_message=f"malformed request body: {exc}"
                 )
-        else:
-            if self._in_head:
-                self._head_bytes += len(data)
-                # httptools holds a field in memory until it ends: bound the head as a whole.
-                if self._head_bytes > self.limits.max_header_bytes + 2 * self.limits.max_line:
-                    self._parse_failed(HeadersTooLarge("request head too large"))
-        self._dispatch()
+            return False
+        if self._in_head:
+            self._head_bytes += len(part)
+            # httptools holds a field in memory until it ends: bound the head as a whole.
+            if self._head_bytes > self.limits.max_header_bytes + 2 * self.limits.max_line:
+                self._parse_failed(HeadersTooLarge("request head too large"))
+                return False
+        elif self._non_body > self.limits.max_header_bytes and self._parsing is not None:
+            # Chunk extensions and trailers carry nothing to the reader, and neither llhttp
+            # nor max_body bounds them (Node's CVE-2024-22019): a body's framing may exceed
+            # its content by a header block's worth at most. Chunks of 6 bytes and more stay
+            # within it.
+            message = "too much chunk framing or trailer data in the request body"
+            self._parse_failed(BadRequest(message), in_body_message=message)
+            return False
+        return not self._stopped
 
     def eof_received(self) -> bool | None:
         if self._tunnel is not None:
             return False  # a WebSocket client gone without a Close frame: close, relay sees it
         # The client half-closed: answer what is pending, then close (return False → close
-        # when nothing is pending, since nothing more can arrive).
+        # when nothing is pending, since nothing more can arrive). Bytes held back unparsed
+        # are parsed first (`_feed` ends the input after them).
+        self._eof = True
+        if not self._unparsed:
+            self._ended()
+        return self.busy
+
+    def _ended(self) -> None:
+        """The client's input ended: no more requests, and a body still arriving never will."""
         self._stopped = True
         parsing = self._parsing
         if parsing is not None and parsing.body is not None:
             parsing.body.fail(_body_cut_short())
-        return self.busy
 
     def pause_writing(self) -> None:
         self._write_paused = True
         if self._tunnel is not None:
             self._tunnel.writable(False)
+            return
+        # The send buffer is full: from now on the client must take bytes at least every
+        # `send` seconds (checked by the timer, from the buffer's size).
+        self._send_deadline = deadline = self._loop.time() + self.limits.send
+        self._send_backlog = cast(asyncio.Transport, self.transport).get_write_buffer_size()
+        self._arm(deadline)
 
     def resume_writing(self) -> None:
         self._write_paused = False
+        self._send_deadline = None
         if self._tunnel is not None:
             self._tunnel.writable(True)
         waiter = self._drain_waiter
@@ -343,6 +483,8 @@ class ClientConnection(asyncio.Protocol):
         self._header_bytes = 0
         self._head_bytes = 0
         self._content_length = None
+        self._te = None
+        self._non_body = 0
         self._notes = FieldNotes()
         self._idle_deadline = None
         if self._head_deadline is None:
@@ -361,6 +503,13 @@ class ClientConnection(asyncio.Protocol):
         size = len(name) + len(value)
         if size > limits.max_line:
             raise HeadersTooLarge(f"a header field exceeds {limits.max_line} bytes")
+        if not self._in_head:
+            # A trailer field (llhttp reports them with the same callback, after the head).
+            # RFC 9110 §6.5.1: never merged into the header section; the gateway does not
+            # relay trailers, so it is dropped, unless it tries to reframe or reroute.
+            if name.lower() in _TRAILER_FORBIDDEN:
+                raise BadRequest(f"{name.decode('latin-1')} is not allowed in a trailer")
+            return
         self._field_count += 1
         if self._field_count > limits.max_headers:
             raise HeadersTooLarge(f"more than {limits.max_headers} header fields")
@@ -372,6 +521,9 @@ class ClientConnection(asyncio.Protocol):
         # Content-Length, found with a length gate so most fields cost one len().
         if len(name) == 14 and name.lower() == b"content-length":
             self._content_length = value
+        elif len(name) == 17 and name.lower() == b"transfer-encoding":
+            te = self._te
+            self._te = value if te is None else te + b"," + value
 
     def on_headers_complete(self) -> None:
         self._in_head = False
@@ -382,8 +534,23 @@ class ClientConnection(asyncio.Protocol):
         if version is None:
             major, _, minor = version_text.partition(".")
             version = (int(major or 0), int(minor or 0))
+        if parser.get_method() == b"CONNECT":
+            # RFC 9110 §9.3.6: CONNECT asks for a tunnel to the target, the job of a forward
+            # proxy, which an edge gateway is not (HARDENING.md §B): refused whatever its
+            # target says, before anything is forwarded.
+            raise BadRequest("CONNECT is not supported: this is not a forward proxy")
         content_length: int | None = None
         body: RequestBody | None = None
+        te = self._te
+        if te is not None and te.strip(b" \t").lower() != b"chunked":
+            # RFC 9112 §6.3: chunked not last in a request's codings leaves its length unknown:
+            # 400 and close (llhttp checks it too, but after this callback). Any other coding
+            # before chunked would reach the upstream undecoded as if it were the content: the
+            # gateway implements chunked only (§6.1: 501 for the rest).
+            codings = te.decode("latin-1")
+            if te.rsplit(b",", 1)[-1].strip(b" \t").lower() != b"chunked":
+                raise BadRequest(f"chunked is not the final transfer coding in {codings!r}")
+            raise UnsupportedTransferCoding(f"unsupported transfer coding {codings!r}")
         if self._content_length is not None:
             # llhttp has checked it is one run of digits (no sign, list or duplicate).
             content_length = int(self._content_length)
@@ -406,17 +573,32 @@ class ClientConnection(asyncio.Protocol):
             body=body,
             upgrade=parser.should_upgrade(),
         )
+        if self._refusal is not None:
+            # Refused by a connection cap: this request gets the refusal, nothing follows it.
+            pending.error = self._refusal
+            pending.keep_alive = False
+            self._stopped = True
+        elif body is not None and not _expects_continue(version, self._notes):
+            # RFC 9110 §10.1.1: a client that asked for 100-continue waits for it; its body
+            # deadline starts with the 100 (`send_interim`) or its first body byte.
+            self._body_deadline = deadline = self._loop.time() + self.limits.body_progress
+            self._arm(deadline)
         self._parsing = pending
         self._queue.append(pending)
         if len(self._queue) > MAX_PIPELINED:
             self._pause(1)
 
     def on_body(self, data: bytes) -> None:
+        self._non_body -= 2 * len(data)
         parsing = self._parsing
         if parsing is not None and parsing.body is not None:
+            # Every body byte restarts the progress deadline; the timer, armed for an earlier
+            # one, finds the later one when it fires.
+            self._body_deadline = self._loop.time() + self.limits.body_progress
             parsing.body.feed(data)
 
     def on_message_complete(self) -> None:
+        self._body_deadline = None
         parsing = self._parsing
         if parsing is not None:
             self._parsing = None
@@ -435,6 +617,7 @@ class ClientConnection(asyncio.Protocol):
         self._stopped = True
         self._in_head = False
         self._head_deadline = None
+        self._body_deadline = None
         parsing = self._parsing
         if parsing is not None and parsing.body is not None and not parsing.body.complete:
             # Broken body framing (RFC 9112 §6.3): whoever reads this body answers 400.
@@ -450,21 +633,15 @@ class ClientConnection(asyncio.Protocol):
         self._queue.append(refused)
 
     def _upgraded(self, data: bytes, upgrade: httptools.HttpParserUpgrade) -> None:
-        """llhttp stopped at a CONNECT or an Upgrade request, after its complete message.
+        """llhttp stopped at an Upgrade request, after its complete message.
 
         What follows an Upgrade request is held, and reading paused, until the request is
         answered: a route relaying WebSockets switches the connection to the new protocol
         and the held bytes are its first (`enter_tunnel`); any other answer treats the
         request as a plain one (RFC 9110 §7.8 lets a server ignore Upgrade; the field is
         hop-by-hop and not forwarded) and parsing goes on with a fresh parser, from the held
-        bytes. What follows a CONNECT would be tunnel bytes: they are discarded and the
-        connection closes after the answer.
+        bytes. (CONNECT never gets here: `on_headers_complete` refuses it.)
         """
-        last = self._queue[-1] if self._queue else None
-        if last is not None and last.head.method == "CONNECT":
-            last.keep_alive = False
-            self._stopped = True
-            return
         offset = upgrade.args[0] if upgrade.args else len(data)
         self._parser = httptools.HttpRequestParser(self)
         self._holding = True
@@ -510,7 +687,13 @@ class ClientConnection(asyncio.Protocol):
             return
         self._current = self._queue.popleft()
         if self._paused_for & 1 and len(self._queue) <= MAX_PIPELINED:
-            self._resume(1)
+            unparsed = self._unparsed
+            if unparsed and not self._stopped:
+                # Room in the queue: parse what was held back (which may hold some again).
+                self._unparsed = b""
+                self._feed(unparsed)
+            if not self._unparsed and len(self._queue) <= MAX_PIPELINED:
+                self._resume(1)
         self.response_started = False
         wakeup = self._wakeup
         if wakeup is not None:
@@ -557,6 +740,14 @@ class ClientConnection(asyncio.Protocol):
         if not self.keep_alive_after(pending):
             if body is not None and not pending.body_complete:
                 body.discard()
+                self._linger()
+            elif self._queue or self._unparsed or self._in_head or self._parsing is not None:
+                # Pipelined requests left unanswered (max_requests_per_connection, or after
+                # Connection: close): closing with their bytes unread would reset the
+                # connection under the responses already sent. The client retries them on a
+                # new connection (RFC 9112 §9.3.2).
+                self._queue.clear()
+                self._unparsed = b""
                 self._linger()
             else:
                 self.close()
@@ -605,6 +796,9 @@ class ClientConnection(asyncio.Protocol):
         self._paused_for = was & ~reason
         if was and not self._paused_for and self.transport is not None and not self._closed:
             self.transport.resume_reading()
+            if self._body_deadline is not None:
+                # The pause was the gateway's doing: the client's time starts again now.
+                self._body_deadline = self._loop.time() + self.limits.body_progress
 
     # -------------------------------------------------------------------------- writing
 
@@ -640,6 +834,16 @@ class ClientConnection(asyncio.Protocol):
         """Write an interim (1xx) response head; the final response is still to come."""
         if not self._closed:
             cast(asyncio.Transport, self.transport).write(data)
+            parsing = self._parsing
+            if (
+                data.startswith(b"HTTP/1.1 100 ")
+                and self._body_deadline is None
+                and parsing is not None
+                and not parsing.body_complete
+            ):
+                # The client was told to send its body: from now on it must make progress.
+                self._body_deadline = deadline = self._loop.time() + self.limits.body_progress
+                self._arm(deadline)
 
     # ------------------------------------------------------------------------- closing
 
@@ -668,7 +872,7 @@ class ClientConnection(asyncio.Protocol):
         if transport.can_write_eof():
             transport.write_eof()
         self._idle_deadline = self._loop.time() + LINGER_SECONDS
-        self._head_deadline = None
+        self._head_deadline = self._body_deadline = None
         self._arm(self._idle_deadline)
 
     def begin_drain(self) -> None:
@@ -683,7 +887,7 @@ class ClientConnection(asyncio.Protocol):
     @property
     def busy(self) -> bool:
         """A request is being answered or waits its turn."""
-        return self._current is not None or bool(self._queue)
+        return self._current is not None or bool(self._queue) or bool(self._unparsed)
 
     # --------------------------------------------------------------------------- timers
 
@@ -696,33 +900,97 @@ class ClientConnection(asyncio.Protocol):
         self._timer = self._loop.call_at(deadline, self._on_timer)
 
     def _on_timer(self) -> None:
+        """The earliest deadline may have come: act on every one that did, re-arm for the rest.
+
+        Head and idle deadlines wait while a request is being answered (`_finished` re-arms
+        them); the body and send deadlines apply during the answer, that is their point.
+        """
         self._timer = None
         if self._closed or self._tunnel is not None:
             return
+        now = self._loop.time()
+        send = self._send_deadline
+        if send is not None and send <= now:
+            size = cast(asyncio.Transport, self.transport).get_write_buffer_size()
+            if size >= self._send_backlog:
+                self._send_timed_out()
+                return
+            # The client took bytes since the buffer filled: like nginx's send_timeout, the
+            # limit is on the gap between two of its reads, not on the whole response.
+            self._send_backlog = size
+            self._send_deadline = now + self.limits.send
+        body = self._body_deadline
+        if body is not None and body <= now:
+            if self._paused_for or self._lingering:
+                # Not reading is the gateway's doing (backpressure, pipelining); while
+                # lingering the bytes are discarded and the linger deadline rules.
+                self._body_deadline = now + self.limits.body_progress
+            else:
+                self._body_timed_out()
+        wake = math.inf
+        if self._send_deadline is not None:
+            wake = self._send_deadline
+        if self._body_deadline is not None:
+            wake = min(wake, self._body_deadline)
         due = math.inf
         if self._head_deadline is not None:
             due = self._head_deadline
         if self._idle_deadline is not None:
             due = min(due, self._idle_deadline)
-        if due == math.inf:
-            return
-        if self._loop.time() < due:
-            self._timer = self._loop.call_at(due, self._on_timer)
-            return
-        if self._lingering:
-            self.abort()
-            return
-        if self._current is not None:
-            return  # a request is being answered; _finished re-arms what is still due
-        if self._head_deadline is not None and self._head_deadline <= due:
-            self._head_deadline = None
-            self._timed_out()
+        if due <= now:
+            if self._lingering:
+                self.abort()
+                return
+            if self._current is None:
+                if self._head_deadline is not None and self._head_deadline <= due:
+                    self._head_deadline = None
+                    self._timed_out()
+                else:
+                    self.close()  # keep-alive idle timeout: a silent close, as every peer does
+                return
+            # A request is being answered; _finished re-arms what is still due.
         else:
-            self.close()  # keep-alive idle timeout: a silent close, as every peer does
+            wake = min(wake, due)
+        if wake != math.inf:
+            self._timer = self._loop.call_at(wake, self._on_timer)
 
     def _timed_out(self) -> None:
+        """No complete head in time: 408, or a cap's refusal for a refused connection."""
         self._stopped = True
-        error = RequestTimeout("request header not received in time")
+        error = self._refusal
+        if error is None:
+            error = RequestTimeout("request header not received in time")
+            self._registry.client_timed_out("header_read")
         data = error_response(error, new_request_id(), close=True, head_only=False)
         cast(asyncio.Transport, self.transport).write(data)
         self.close()
+
+    def _body_timed_out(self) -> None:
+        """The body being received got no byte for `body_progress` (a slow POST).
+
+        Its reader fails with 408 and answers it (closing, since the rest of the body will
+        never be read); nothing more is parsed from this connection.
+        """
+        self._body_deadline = None
+        parsing = self._parsing
+        if parsing is None or parsing.body is None or parsing.body.complete:
+            return
+        self._stopped = True
+        self._registry.client_timed_out("body_progress")
+        parsing.body.fail(RequestTimeout("request body not received in time"))
+
+    def _send_timed_out(self) -> None:
+        """The client left the response unread for `send`: drop the connection.
+
+        Aborting wakes the response's writer with ClientGone, which releases (and, mid-body,
+        aborts) the upstream connection: a slow reader pins neither side for longer.
+        """
+        self._send_deadline = None
+        self._registry.client_timed_out("send")
+        self.abort()
+
+
+def _expects_continue(version: tuple[int, int], notes: FieldNotes) -> bool:
+    """Whether the request asked for 100-continue (RFC 9110 §10.1.1; HTTP/1.1 only)."""
+    expect = notes.expect
+    return expect is not None and version == (1, 1) and expect.strip().lower() == b"100-continue"

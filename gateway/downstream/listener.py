@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import errno
+import resource
 import socket
 from collections.abc import Callable
 from typing import Final
@@ -25,6 +26,41 @@ ACCEPT_BATCH: Final = 128
 # a socket that stays readable.
 ACCEPT_PAUSE: Final = 0.1
 _RESOURCE_ERRORS: Final = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM})
+
+
+# Descriptors a worker needs besides client and upstream connections: listeners, the status
+# pipe, log files, the event loop's own, Redis clients.
+FD_RESERVE: Final = 64
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's RLIMIT_NOFILE soft limit to its hard limit; the soft limit after.
+
+    Each client connection holds a descriptor, so `server.limits.max_connections` means
+    nothing above the limit: accept() would fail with EMFILE first (handled below by pausing).
+    Many systems start processes with a soft limit of 1024 and a far higher hard one.
+    """
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+        except (ValueError, OSError):
+            return soft
+        return target
+    return soft
+
+
+def fd_budget_problem(limit: int, max_connections: int, upstream_connections: int) -> str | None:
+    """Why ``limit`` descriptors cannot hold the configured connections, or None when they can."""
+    needed = max_connections + upstream_connections + FD_RESERVE
+    if limit >= needed:
+        return None
+    return (
+        f"the file-descriptor limit {limit} is below the {needed} that"
+        f" server.limits.max_connections ({max_connections}) and the upstream pools"
+        f" ({upstream_connections}) may need: accepting pauses when it runs out"
+    )
 
 
 class Listener:

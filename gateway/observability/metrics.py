@@ -189,6 +189,18 @@ CONNECTIONS = Gauge(
     "Open client connections, sampled each second.",
     multiprocess_mode="livesum",
 )
+CONNECTIONS_REFUSED = Counter(
+    "gateway_connections_refused_total",
+    "Client connections refused (503, or dropped when too many are being refused) by the cap"
+    " they hit: max_connections, max_connections_per_ip.",
+    ["reason"],
+)
+CLIENT_TIMEOUTS = Counter(
+    "gateway_client_timeouts_total",
+    "Client connections ended by a deadline: header_read (408), body_progress (408),"
+    " send (the response left unread; aborted).",
+    ["kind"],
+)
 CONFIG_RELOADS = Counter(
     "gateway_config_reloads_total",
     "Configuration reloads by result (success, error).",

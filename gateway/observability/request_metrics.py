@@ -50,6 +50,7 @@ class RequestMetrics:
 
     __slots__ = (
         "_cache_results",
+        "_client_events",
         "_compressed",
         "_durations",
         "_ratelimit_decisions",
@@ -75,6 +76,8 @@ class RequestMetrics:
         self._websocket_messages: dict[tuple[str, str], list[int]] = {}
         # (kind, route, label) -> count; kind is "rejected" or "queue_full".
         self._websocket_events: dict[tuple[str, str, str], int] = {}
+        # (kind, label) -> count; kind is "refused" (label: the cap) or "timeout" (the deadline).
+        self._client_events: dict[tuple[str, str], int] = {}
 
     def request_done(self, route: str, method: str, status: int, seconds: float) -> None:
         # Keyed by the method label, not the method: clients may send any token as a method.
@@ -131,8 +134,20 @@ class RequestMetrics:
         key = ("queue_full", route, direction)
         self._websocket_events[key] = self._websocket_events.get(key, 0) + 1
 
+    def connection_refused(self, reason: str) -> None:
+        key = ("refused", reason)
+        self._client_events[key] = self._client_events.get(key, 0) + 1
+
+    def client_timed_out(self, kind: str) -> None:
+        key = ("timeout", kind)
+        self._client_events[key] = self._client_events.get(key, 0) + 1
+
     def flush(self) -> None:
         """Publish what was observed since the last flush."""
+        client_events, self._client_events = self._client_events, {}
+        for (kind, label), count in client_events.items():
+            counter = metrics.CONNECTIONS_REFUSED if kind == "refused" else metrics.CLIENT_TIMEOUTS
+            counter.labels(label).inc(count)
         relayed, self._websocket_messages = self._websocket_messages, {}
         for (route, direction), (count, size) in relayed.items():
             metrics.count_websocket(route, direction, count, size)
@@ -210,4 +225,10 @@ class DisabledRequestMetrics(RequestMetrics):
         return None
 
     def websocket_queue_full(self, route: str, direction: str) -> None:
+        return None
+
+    def connection_refused(self, reason: str) -> None:
+        return None
+
+    def client_timed_out(self, kind: str) -> None:
         return None

@@ -655,8 +655,16 @@ def test_redacted_view() -> None:
             "max_line": 8190,
             "max_requests_per_connection": 1000,
             "max_websockets": 10_000,
+            "max_connections": 10_000,
+            "max_connections_per_ip": None,
         },
-        "timeouts": {"header_read": 10.0, "keepalive": 60.0, "drain": 25.0},
+        "timeouts": {
+            "header_read": 10.0,
+            "keepalive": 60.0,
+            "body_progress": 30.0,
+            "send": 60.0,
+            "drain": 25.0,
+        },
         "via_name": "gateway",
         "rate_limit": None,
     }

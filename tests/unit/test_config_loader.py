@@ -285,6 +285,37 @@ ONE_PROBLEM: list[tuple[str, object, str]] = [
         base(server={"timeouts": {"keepalive": ["5s"]}}),
         "server.timeouts.keepalive: expected a duration such as '5s', got a list",
     ),
+    # The client abuse limits (HARDENING.md §F).
+    (
+        "max-connections-zero",
+        base(server={"limits": {"max_connections": 0}}),
+        "server.limits.max_connections: must be at least 1, got 0",
+    ),
+    (
+        "max-connections-null",
+        base(server={"limits": {"max_connections": None}}),
+        "server.limits.max_connections: expected an integer, got null",
+    ),
+    (
+        "max-connections-per-ip-negative",
+        base(server={"limits": {"max_connections_per_ip": -1}}),
+        "server.limits.max_connections_per_ip: must be at least 1, got -1",
+    ),
+    (
+        "max-connections-per-ip-word",
+        base(server={"limits": {"max_connections_per_ip": "many"}}),
+        "server.limits.max_connections_per_ip: expected an integer, got 'many'",
+    ),
+    (
+        "body-progress-bare-number",
+        base(server={"timeouts": {"body_progress": 30}}),
+        "server.timeouts.body_progress: a duration needs a unit, e.g. '5s'",
+    ),
+    (
+        "send-zero",
+        base(server={"timeouts": {"send": "0s"}}),
+        "server.timeouts.send: must be greater than 0, got '0s'",
+    ),
     (
         "unknown-nested-key",
         base(server={"timeouts": {"keep_alive": "5s"}}),
@@ -1435,7 +1466,9 @@ server:
     max_line: 4KiB
     max_requests_per_connection: 10
     max_websockets: 500
-  timeouts: {header_read: 5s, keepalive: 30s, drain: 10s}
+    max_connections: 2000
+    max_connections_per_ip: 20
+  timeouts: {header_read: 5s, keepalive: 30s, body_progress: 15s, send: 45s, drain: 10s}
   via_name: edge
   rate_limit:
     rate: 50/minute
@@ -1547,8 +1580,12 @@ def _expected_every_key(ca_file: str) -> GatewayConfig:
                 max_line=4 * KIB,
                 max_requests_per_connection=10,
                 max_websockets=500,
+                max_connections=2000,
+                max_connections_per_ip=20,
             ),
-            timeouts=ServerTimeouts(header_read=5.0, keepalive=30.0, drain=10.0),
+            timeouts=ServerTimeouts(
+                header_read=5.0, keepalive=30.0, body_progress=15.0, send=45.0, drain=10.0
+            ),
             via_name="edge",
             rate_limit=RateLimitConfig(
                 rate=Rate(50, 60, "50/minute"),
@@ -1778,3 +1815,11 @@ def test_load_config_names_the_file_in_yaml_errors(tmp_path: Path) -> None:
         load_config(path, {})
     assert len(info.value.problems) == 1
     assert info.value.problems[0].startswith(f"{path}: invalid YAML at line 2, column 1: ")
+
+
+def test_the_per_ip_connection_cap_is_off_unless_set() -> None:
+    assert parse(MINIMAL_TEXT).server.limits.max_connections_per_ip is None
+    text = MINIMAL_TEXT + "server:\n  limits: {max_connections_per_ip: null, max_connections: 5}\n"
+    limits = parse(text).server.limits
+    assert limits.max_connections_per_ip is None
+    assert limits.max_connections == 5
