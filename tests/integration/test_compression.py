@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import gzip
+import hashlib
+import struct
+import tracemalloc
+import zlib
 from collections.abc import Callable
 
 import aiohttp
@@ -18,6 +23,7 @@ from gateway.config.model import CacheConfig, CompressionConfig, RouteConfig
 from tests.harness import LOCAL, gateway_config, upstream_to
 from tests.integration.cache_origin import Origin
 
+MIB = 1024 * 1024
 JSON = (
     b'{"items": ['
     + b",".join(b'{"id": %d, "name": "item %d"}' % (i, i) for i in range(300))
@@ -157,6 +163,44 @@ async def test_skip_rules(
         assert received == body
 
 
+# The upstream's own status says there is nothing to compress (RFC 9110 §15.3.5, §15.4.5: no
+# content; §14.2: a 206 carries a part whose Content-Range counts bytes of the identity body).
+UPSTREAM_STATUSES = {
+    "204": (204, {}, b""),
+    "304": (304, {"ETag": '"v1"', "Cache_Control": "max-age=60"}, b""),
+    "206": (
+        206,
+        {"ETag": '"v1"', "Content_Range": f"bytes 0-{len(JSON) // 2 - 1}/{len(JSON)}"},
+        JSON[: len(JSON) // 2],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", UPSTREAM_STATUSES)
+async def test_upstream_204_304_and_206_are_never_compressed(
+    origin: tuple[Origin, int], gateways: list[RunningGateway], case: str
+) -> None:
+    status, fields, body = UPSTREAM_STATUSES[case]
+    recorder, port = origin
+    # A compressible type on every one: only the status keeps the encoder away.
+    recorder.answers["/p"] = answer(body, status=status, extra=fields)
+    gateway = await compressing(gateways, port, min_size=16)
+    received_status, headers, received = await get(gateway, "/p", Accept_Encoding="gzip, br, zstd")
+    assert received_status == status
+    assert headers["Content-Type"].startswith("application/json")
+    assert "Content-Encoding" not in headers
+    assert received == body
+    if status == 206:
+        assert headers["Content-Length"] == str(len(body))
+        assert headers["Content-Range"] == fields["Content_Range"]
+    else:
+        assert "Transfer-Encoding" not in headers
+    if "ETag" in fields:
+        # Not weakened: the representation is the upstream's own.
+        assert headers["ETag"] == '"v1"'
+    assert recorder.hits("/p") == 1
+
+
 async def test_an_upstream_gzip_body_passes_byte_for_byte(
     origin: tuple[Origin, int], gateways: list[RunningGateway]
 ) -> None:
@@ -167,6 +211,72 @@ async def test_an_upstream_gzip_body_passes_byte_for_byte(
     _, headers, body = await get(gateway, "/g", Accept_Encoding="br, gzip")
     assert headers["Content-Encoding"] == "gzip"
     assert body == upstream_gzip
+
+
+@functools.cache
+def gzip_bomb() -> bytes:
+    """1 GiB of zeros as a valid gzip member of about 1 MiB, built without holding 1 GiB.
+
+    Deflate resets its window at a full flush, so every MiB of zeros after one compresses to
+    the same bytes: one MiB is compressed, its block repeated 1024 times, and the member closed
+    with the CRC-32 and size (mod 2**32) of the whole (RFC 1952). About half a second, where
+    compressing the whole GiB at level 9 takes several.
+    """
+    zeros = bytes(MIB)
+    compressor = zlib.compressobj(9, zlib.DEFLATED, -15)
+    block = compressor.compress(zeros) + compressor.flush(zlib.Z_FULL_FLUSH)
+    crc = 0
+    for _ in range(1024):
+        crc = zlib.crc32(zeros, crc)
+    header = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\xff"
+    trailer = struct.pack("<II", crc, (1024 * MIB) & 0xFFFFFFFF)
+    return header + block * 1024 + compressor.flush(zlib.Z_FINISH) + trailer
+
+
+def test_the_gzip_bomb_is_what_it_claims() -> None:
+    bomb = gzip_bomb()
+    assert len(bomb) < 2 * MIB
+    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    # Only the first 64 MiB and the header's validity: inflating it all would cost seconds.
+    assert inflate.decompress(bomb, 64 * MIB) == bytes(64 * MIB)
+
+
+async def test_a_gzip_bomb_passes_through_undecoded_and_memory_stays_flat(
+    origin: tuple[Origin, int], gateways: list[RunningGateway]
+) -> None:
+    """HARDENING.md §D: what the upstream encoded is passed on byte for byte, never inflated,
+    whatever the client accepts (here gzip, and br alone, which a gateway that decoded to
+    re-encode would have to inflate for)."""
+    bomb = gzip_bomb()
+    expected = hashlib.sha256(bomb).hexdigest()
+    recorder, port = origin
+    recorder.answers["/bomb"] = answer(bomb, Content_Type="text/plain", Content_Encoding="gzip")
+    gateway = await compressing(gateways, port)
+    url = f"http://{LOCAL}:{gateway.address[1]}/bomb"
+    for accept in ("gzip, br", "br"):
+        digest = hashlib.sha256()
+        received = 0
+        tracemalloc.start()
+        try:
+            async with (
+                aiohttp.ClientSession(auto_decompress=False) as session,
+                session.get(
+                    url, headers={"Accept-Encoding": accept}, skip_auto_headers=["Accept-Encoding"]
+                ) as response,
+            ):
+                assert response.status == 200
+                assert response.headers["Content-Encoding"] == "gzip"
+                async for chunk in response.content.iter_chunked(64 * 1024):
+                    digest.update(chunk)
+                    received += len(chunk)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert received == len(bomb)
+        assert digest.hexdigest() == expected
+        # Gateway, upstream and client together, in this process: a gateway that inflated
+        # even 1% of the bomb would pass 10 MiB.
+        assert peak < 16 * MIB, f"peak {peak / MIB:.1f} MiB"
 
 
 async def cached_and_compressing(gateways: list[RunningGateway], port: int) -> RunningGateway:
