@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import hashlib
 import json
 import random
 import textwrap
@@ -22,6 +23,7 @@ import pytest
 from gateway.app import RunningGateway, start
 from gateway.config.model import RateLimitConfig, RedisConfig, RouteConfig, ServerConfig
 from gateway.ratelimit.rate import parse_rate
+from gateway.ratelimit.redis_backend import RETRY_AFTER
 from tests.harness import (
     LOCAL,
     GatewayProcess,
@@ -33,7 +35,7 @@ from tests.harness import (
     upstream_to,
 )
 from tests.integration.test_workers import supervised
-from tests.redis_server import RedisServer, redis_server
+from tests.redis_server import RedisServer, redis_server, start_redis
 
 
 def limited_route(**options: object) -> RouteConfig:
@@ -351,6 +353,78 @@ async def test_redis_paused_then_stopped_the_fail_mode_holds(
     assert counted["allowed"] >= 2
     # Redis never answered between the pause and the stop: one switch to failing, counted once.
     assert _failovers() - failovers == 1
+
+
+CLIENT = {"X-Client": "k"}
+
+
+@pytest.mark.parametrize("outage", ["pause", "stop"])
+async def test_decisions_go_back_to_redis_once_it_returns(
+    echo_port: int,
+    gateways: list[RunningGateway],
+    redis: RedisServer,
+    tmp_path: Path,
+    outage: str,
+) -> None:
+    """HARDENING.md §G: after an outage the limiter reconnects by itself. One client key
+    (burst 3) spends one token in Redis, then exhausts the local fallback during the outage:
+    once Redis is back, a request the local limiter would refuse is allowed, because Redis
+    decides again, on the count it keeps."""
+    # A budget well above Redis's latency on a loaded machine: a missed budget would count as
+    # an outage. The outage itself is SIGSTOP (a hung server) or a stop and a fresh start.
+    route = limited_route(
+        rate="1/minute",
+        burst=3,
+        backend="redis",
+        on_backend_error="local",
+        budget=0.5,
+        key=("header:x-client",),
+    )
+    gateway = await launch(gateways, echo_port, route, redis=redis.url)
+    bucket = "gw:rl:" + hashlib.blake2b(b"api\0h:k", digest_size=16).hexdigest()
+    async with aiohttp.ClientSession() as session:
+        assert (await get(session, gateway, **CLIENT)).status == 200
+        assert redis.command("EXISTS", bucket) == ":1"
+
+        gateway.flush_metrics()
+        before = _decisions("api")
+        if outage == "pause":
+            redis.pause()
+        else:
+            redis.stop()
+        during = [(await get(session, gateway, **CLIENT)).status for _ in range(4)]
+        gateway.flush_metrics()
+        # The local limiter decided, with its own bucket: 3, then refused.
+        assert during == [200, 200, 200, 429]
+        assert _since(before, _decisions("api")) == {"error": 4}
+
+        if outage == "pause":
+            redis.resume()
+        else:
+            redis = start_redis(tmp_path, port=redis.port)
+        try:
+            assert redis.command("PING") == "+PONG"
+            # Past the backend's retry delay, the next decision probes Redis again.
+            await asyncio.sleep(RETRY_AFTER + 0.3)
+            gateway.flush_metrics()
+            before = _decisions("api")
+            after = [(await get(session, gateway, **CLIENT)).status for _ in range(4)]
+            gateway.flush_metrics()
+            counted = _since(before, _decisions("api"))
+            held = redis.command("EXISTS", bucket)
+        finally:
+            if outage == "stop":
+                redis.stop()
+    # Redis decides again: no error decision, and the client's bucket is Redis's (a restarted
+    # Redis starts it afresh; a resumed one kept the token spent before the pause, and the
+    # call that timed out during it may have spent one more when it ran after SIGCONT).
+    assert "error" not in counted
+    assert held == ":1"
+    if outage == "stop":
+        assert after == [200, 200, 200, 429]
+    else:
+        assert after in ([200, 200, 429, 429], [200, 429, 429, 429])
+    assert counted == {"allowed": after.count(200), "limited": after.count(429)}
 
 
 async def test_the_script_is_loaded_again_after_a_flush(
