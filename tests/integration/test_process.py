@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,13 +17,25 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.harness import LOCAL, REPO, serve_app, start_gateway_process
+from tests.harness import (
+    LOCAL,
+    REPO,
+    eventually,
+    log_events,
+    serve_app,
+    start_gateway_process,
+)
+from tests.security.wire import close_writer, read_until_close
 
 MIB = 1024 * 1024
 
 
 def write_config(
-    tmp_path: Path, upstream_port: int, max_body: str = "10MiB", access_log: bool = False
+    tmp_path: Path,
+    upstream_port: int,
+    max_body: str = "10MiB",
+    access_log: bool = False,
+    drain: str = "10s",
 ) -> Path:
     path = tmp_path / "gateway.yaml"
     path.write_text(
@@ -29,7 +43,7 @@ def write_config(
             f"""\
             server:
               listen: "127.0.0.1:0"
-              timeouts: {{ drain: 10s }}
+              timeouts: {{ drain: {drain} }}
               limits: {{ max_body: {max_body} }}
             admin:
               listen: "127.0.0.1:0"
@@ -79,6 +93,128 @@ async def test_sigterm_finishes_the_request_in_flight_and_exits_0(tmp_path: Path
             if gateway.process.poll() is None:
                 gateway.process.kill()
                 gateway.process.wait()
+
+
+def _events(log_path: Path, name: str) -> list[dict[str, object]]:
+    return [event for event in log_events(log_path) if event.get("event") == name]
+
+
+async def _all_workers_draining(log_path: Path) -> None:
+    (listening,) = _events(log_path, "listening")
+    workers = int(str(listening["workers"]))
+    await eventually(
+        lambda: _true(len(_events(log_path, "worker_draining")) == workers),
+        "every worker to begin its drain",
+    )
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_a_connection_attempted_during_the_drain_is_not_served(tmp_path: Path) -> None:
+    """HARDENING.md §H, stop accepting: while a slow request drains, a new connection is
+    refused (or closed without an answer), and its request never reaches the upstream."""
+    started = asyncio.Event()
+    finish = asyncio.Event()
+    seen: list[str] = []
+
+    async def handle(request: web.Request) -> web.Response:
+        seen.append(request.path)
+        if request.path == "/slow":
+            started.set()
+            await asyncio.wait_for(finish.wait(), 10)
+        return web.Response(text="finished")
+
+    app = web.Application()
+    app.router.add_get("/{tail:.*}", handle)
+    async with serve_app(app) as upstream_port:
+        log_path = tmp_path / "gateway.log"
+        gateway = start_gateway_process(write_config(tmp_path, upstream_port), log_path)
+        try:
+            async with aiohttp.ClientSession() as client:
+                pending = asyncio.create_task(client.get(f"http://{LOCAL}:{gateway.port}/slow"))
+                await asyncio.wait_for(started.wait(), 10)
+                gateway.terminate()
+                await _all_workers_draining(log_path)
+
+                # The slow request is still in flight: the drain has not ended.
+                assert not pending.done()
+                try:
+                    reader, writer = await asyncio.open_connection(LOCAL, gateway.port)
+                except ConnectionRefusedError:
+                    answer = b""
+                else:
+                    try:
+                        writer.write(b"GET /late HTTP/1.1\r\nHost: a\r\n\r\n")
+                        with contextlib.suppress(ConnectionError):
+                            await writer.drain()
+                        answer, closed, _ = await read_until_close(reader)
+                        assert closed
+                    finally:
+                        await close_writer(writer)
+                assert answer == b""
+
+                finish.set()
+                async with await pending as response:
+                    assert response.status == 200
+                    assert await response.text() == "finished"
+            assert await asyncio.to_thread(gateway.process.wait, 15) == 0
+            assert seen == ["/slow"]
+        finally:
+            finish.set()
+            if gateway.process.poll() is None:
+                gateway.process.kill()
+                gateway.process.wait()
+
+
+async def test_a_request_outlasting_the_drain_is_cut_at_the_deadline_and_exits_0(
+    tmp_path: Path,
+) -> None:
+    """HARDENING.md §H, exit 0 within the drain time: a request still running when
+    ``server.timeouts.drain`` ends is cut there, and the process exits 0 by itself (no
+    worker is killed)."""
+    drain = 1.0
+    started = asyncio.Event()
+
+    async def endless(_: web.Request) -> web.Response:
+        started.set()
+        await asyncio.sleep(60)
+        return web.Response(text="never")
+
+    app = web.Application()
+    app.router.add_get("/endless", endless)
+    async with serve_app(app) as upstream_port:
+        log_path = tmp_path / "gateway.log"
+        config = write_config(tmp_path, upstream_port, drain=f"{drain}s")
+        gateway = start_gateway_process(config, log_path)
+        try:
+            reader, writer = await asyncio.open_connection(LOCAL, gateway.port)
+            try:
+                writer.write(b"GET /endless HTTP/1.1\r\nHost: a\r\n\r\n")
+                await writer.drain()
+                await asyncio.wait_for(started.wait(), 10)
+                signalled = time.monotonic()
+                gateway.terminate()
+                answer, closed, _ = await read_until_close(reader, idle=drain + 10)
+                cut = time.monotonic() - signalled
+            finally:
+                await close_writer(writer)
+            code = await asyncio.to_thread(gateway.process.wait, 15)
+            exited = time.monotonic() - signalled
+        finally:
+            if gateway.process.poll() is None:
+                gateway.process.kill()
+                gateway.process.wait()
+    # Cut at the deadline: no answer (none had begun), the connection closed.
+    assert closed
+    assert answer == b""
+    assert drain <= cut < drain + 3.0, cut
+    # Out by itself soon after, with 0; the supervisor never had to kill a worker.
+    assert code == 0
+    assert exited < drain + 3.0, exited
+    assert _events(log_path, "worker_killed") == []
+    assert len(_events(log_path, "worker_stopped")) >= 1
 
 
 async def test_admin_health_endpoints_and_access_log(tmp_path: Path) -> None:
