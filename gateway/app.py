@@ -34,7 +34,7 @@ from gateway.websocket.caps import WebSocketCaps
 log = get_logger("gateway")
 
 # How often request metrics are published and the state gauges (connections, in-flight, pool
-# sizes) sampled.
+# sizes, event-loop tasks) sampled.
 _SAMPLE_INTERVAL = 1.0
 
 
@@ -217,6 +217,7 @@ async def start(
             for name, pool in dispatcher.runtime.pools.items()
             for target, healthy in pool.target_states()
         ),
+        tasks=lambda: len(asyncio.all_tasks(loop)),
     )
     gateway = RunningGateway(
         dispatcher=dispatcher,

@@ -8,9 +8,9 @@ a fixed set of methods and status classes, never paths, hosts or addresses.
 
 The request path sums its observations in plain numbers (`request_metrics`) and publishes
 them here once a second. Gauges that describe state (connections, in-flight requests, pool
-sizes) are sampled once a second by `GaugeSampler` instead of being updated per request: a
-per-request gauge write in multiprocess mode is a locked mmap write, paid twice per request for
-nothing.
+sizes, event-loop tasks) are sampled once a second by `GaugeSampler` instead of being updated
+per request: a per-request gauge write in multiprocess mode is a locked mmap write, paid twice
+per request for nothing.
 """
 
 from __future__ import annotations
@@ -189,6 +189,12 @@ CONNECTIONS = Gauge(
     "Open client connections, sampled each second.",
     multiprocess_mode="livesum",
 )
+EVENT_LOOP_TASKS = Gauge(
+    "gateway_event_loop_tasks",
+    "asyncio tasks alive in the workers' event loops (summed), sampled each second: flat under"
+    " steady load, a leak of tasks otherwise.",
+    multiprocess_mode="livesum",
+)
 CONNECTIONS_REFUSED = Counter(
     "gateway_connections_refused_total",
     "Client connections refused (503, or dropped when too many are being refused) by the cap"
@@ -318,6 +324,7 @@ class GaugeSampler:
         memory_cache: Callable[[], tuple[int, int] | None] = lambda: None,
         websockets: Callable[[], dict[str, int]] = dict,
         targets: Callable[[], Iterable[tuple[str, str, bool]]] = tuple,
+        tasks: Callable[[], int] | None = None,
     ) -> None:
         self._inflight = inflight
         self._connections = connections
@@ -331,10 +338,15 @@ class GaugeSampler:
         # (upstream, target, in service) for every target of every upstream.
         self._targets = targets
         self._seen_targets: set[tuple[str, str]] = set()
+        # Tasks alive in the event loop (None: not reported). Counting them walks a WeakSet of
+        # every task, one per client connection among them: fine once a second, not per request.
+        self._tasks = tasks
 
     def sample(self) -> None:
         INFLIGHT.set(self._inflight())
         CONNECTIONS.set(self._connections())
+        if self._tasks is not None:
+            EVENT_LOOP_TASKS.set(self._tasks())
         relays = self._websockets()
         # Routes whose relays all closed go back to 0 rather than keep their last value.
         for route in self._websocket_routes | relays.keys():

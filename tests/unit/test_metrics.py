@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY, Histogram
 
-from gateway.observability.metrics import BUCKETS
+from gateway.observability.metrics import BUCKETS, GaugeSampler
 from gateway.observability.request_metrics import RequestMetrics, method_label
 
 
@@ -55,3 +55,9 @@ def test_flush_publishes_once_and_resets() -> None:
     assert sample("gateway_requests_total", route=route, method="other", status_class="5xx") == 1
     assert sample("gateway_upstream_errors_total", upstream=upstream, kind="timeout") == 2
     assert sample("gateway_upstream_request_duration_seconds_count", upstream=upstream) == 1
+
+
+def test_gauge_sampler_reports_event_loop_tasks() -> None:
+    sampler = GaugeSampler(lambda: 0, lambda: 0, tuple, tasks=lambda: 17)
+    sampler.sample()
+    assert sample("gateway_event_loop_tasks") == 17
