@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 # The mypyc-compiled build (setup.py), installed apart from the source tree.
 COMPILED := build/compiled
 
-.PHONY: demo check lint types test test-compiled compiled bench clean
+.PHONY: demo check lint types test test-compiled compiled bench soak clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,15 @@ bench: compiled
 		--json loadtests/results/bench.json --png loadtests/results/bench.png $(BENCH_ARGS)
 	$(BIN)/python loadtests/websocket_bench.py --gateway-build $(COMPILED) \
 		--json loadtests/results/websocket.json
+
+# The soak test (HARDENING.md §H, docs/performance.md): one worker of the compiled build under
+# mixed load and faults for an hour; fails when RSS, fds or event-loop tasks grow. Installs nginx,
+# wrk and redis-server with apt-get when missing. SOAK_ARGS passes options, e.g.
+# SOAK_ARGS="--minutes 10".
+soak: compiled
+	mkdir -p loadtests/results
+	$(BIN)/python loadtests/soak.py --gateway-build $(COMPILED) \
+		--json loadtests/results/soak.json $(SOAK_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
