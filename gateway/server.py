@@ -224,33 +224,41 @@ class Dispatcher:
             keep_alive_10=keep_alive and not http_11,
         )
         sent = 0
+        # The connection goes back to the pool on every way out, but not from a `finally`:
+        # compiled by mypyc, a `finally` that awaits raises the first exception that ever left
+        # it again on every later exit (a client gone mid-response once, then every response
+        # after it: unlogged, uncounted, its traceback growing; the soak found it, and
+        # tests/unit/test_build.py keeps such blocks out of the compiled modules).
         try:
             if body is None:
                 conn.write(data)
-                return 0
-            parts = [data]
-            if first:
-                parts.extend(chunk(first) if chunked else (first,))
-            if chunked and not more:
-                parts.append(LAST_CHUNK)
-            conn.writelines(parts)
-            sent = len(first)
-            if more:
-                async for part in body:
+            else:
+                parts = [data]
+                if first:
+                    parts.extend(chunk(first) if chunked else (first,))
+                if chunked and not more:
+                    parts.append(LAST_CHUNK)
+                conn.writelines(parts)
+                sent = len(first)
+                if more:
+                    async for part in body:
+                        if chunked:
+                            conn.writelines(chunk(part))
+                        else:
+                            conn.write(part)
+                        sent += len(part)
+                        if conn.write_paused:
+                            await conn.drain()
                     if chunked:
-                        conn.writelines(chunk(part))
-                    else:
-                        conn.write(part)
-                    sent += len(part)
-                    if conn.write_paused:
-                        await conn.drain()
-                if chunked:
-                    conn.write(LAST_CHUNK)
+                        conn.write(LAST_CHUNK)
         except (UpstreamAborted, GatewayError):
             self._abort(conn, upstream)
-        finally:
+        except BaseException:
             if upstream.release is not None:
                 await upstream.release()
+            raise
+        if upstream.release is not None:
+            await upstream.release()
         return sent
 
     def _abort(self, conn: ClientConnection, upstream: ProxyResponse) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import struct
 import uuid
 from dataclasses import replace
 
@@ -21,6 +23,7 @@ from tests.harness import (
     serve_app,
     upstream_to,
 )
+from tests.upstream_servers import RawConnection, RawUpstream, ok
 
 
 def unique(prefix: str) -> str:
@@ -253,3 +256,47 @@ async def test_reload_applies_server_limits_to_new_connections(
     assert await asyncio.wait_for(reader.read(), 5) == b""
     writer.close()
     await writer.wait_closed()
+
+
+async def test_requests_after_a_client_gone_mid_response_are_still_counted(
+    gateways: list[RunningGateway],
+) -> None:
+    """The soak's finding: compiled, a `finally` that awaited re-raised the first ClientGone at
+    the end of every later response, which then went uncounted (and unlogged)."""
+    size = 1024 * 1024
+
+    async def respond(conn: RawConnection) -> None:
+        while (request := await conn.read_request()) is not None:
+            if request.target != b"/big":
+                await conn.send(ok())
+                continue
+            await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % size)
+            for _ in range(size // 65536):
+                await conn.send(b"x" * 65536)
+                await asyncio.sleep(0.005)
+
+    route = unique("gone")
+    async with RawUpstream(respond) as upstream:
+        config = gateway_config(
+            [upstream_to("big", upstream.port)], [RouteConfig(name=route, upstream="big")]
+        )
+        gateway = await start(replace(config, admin=AdminConfig(ListenAddress(LOCAL, 0))))
+        gateways.append(gateway)
+        port = gateway.address[1]
+        key = f"gateway_requests_total{{method=GET,route={route},status_class=2xx}}"
+        async with aiohttp.ClientSession() as client:
+            for _ in range(2):
+                # A client that reads part of the big answer and resets the connection.
+                reader, writer = await asyncio.open_connection(LOCAL, port)
+                writer.write(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n")
+                await reader.readexactly(100_000)
+                sock = writer.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                writer.transport.abort()
+                await asyncio.sleep(0.2)
+            before = (await scrape(client, gateway)).get(key, 0.0)
+            for _ in range(5):
+                async with client.get(f"http://{LOCAL}:{port}/small") as response:
+                    assert response.status == 200
+            after = (await scrape(client, gateway)).get(key, 0.0)
+    assert after - before == 5
