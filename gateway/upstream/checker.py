@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Final
 
 from gateway import __version__
 from gateway.config.model import HealthCheckConfig, StatusRanges, Target
+from gateway.errors import GatewayError
 from gateway.observability.logging import get_logger
 from gateway.upstream.health import TargetHealth
 
@@ -28,7 +28,7 @@ log = get_logger("gateway.health")
 # The longest status line read: "HTTP/1.1 200 " and a generous reason phrase.
 MAX_STATUS_LINE: Final = 1024
 
-# Opens a socket to a target (DNS included); the pool's own, so checks resolve as traffic does.
+# Opens a connection to a target the way the pool does (DNS, TCP, TLS; GatewayError when it fails).
 Connect = Callable[[int], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 
 
@@ -103,7 +103,9 @@ class HealthChecker:
                 status = await self._probe(index)
         except TimeoutError:
             problem = f"no status line within {config.timeout:g}s"
-        except (OSError, ssl.SSLError, asyncio.IncompleteReadError) as error:
+        except GatewayError as error:  # the pool's connect failed (refused, DNS, TLS, timeout)
+            problem = error.message
+        except (OSError, asyncio.IncompleteReadError) as error:
             problem = f"connection failed: {error}"
         else:
             if status is None:

@@ -626,26 +626,15 @@ class UpstreamPool:
     async def _check_connection(
         self, index: int
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        """A new connection for a health check, resolved and secured as traffic's are (the
-        checker bounds it with its own timeout)."""
-        target = self._targets[index]
+        """A new connection for a health check, opened as traffic's are (DNS, TCP, TLS, one
+        connect budget); the checker bounds it with its own timeout too."""
         loop = self._get_loop()
-        addresses = await self._resolver.resolve(target.host, target.port)
-        sock = await _open_socket(loop, addresses)
-        try:
-            if self._ssl is not None and target.scheme == "https":
-                return await asyncio.open_connection(
-                    sock=sock,
-                    ssl=self._ssl,
-                    server_hostname=target.host,
-                    limit=MAX_STATUS_LINE,
-                )
-            return await asyncio.open_connection(sock=sock, limit=MAX_STATUS_LINE)
-        except BaseException:
-            sock.close()
-            raise
+        reader = asyncio.StreamReader(limit=MAX_STATUS_LINE, loop=loop)
+        protocol = asyncio.StreamReaderProtocol(reader, loop=loop)
+        transport = await self._open_transport(index, protocol)
+        return reader, asyncio.StreamWriter(transport, protocol, reader, loop)
 
-    async def _open_transport(self, index: int, protocol: asyncio.Protocol) -> None:
+    async def _open_transport(self, index: int, protocol: asyncio.Protocol) -> asyncio.Transport:
         target = self._targets[index]
         loop = self._get_loop()
         try:
@@ -655,7 +644,7 @@ class UpstreamPool:
                 sock = await _open_socket(loop, addresses)
                 try:
                     if self._ssl is not None and target.scheme == "https":
-                        await loop.create_connection(
+                        transport, _ = await loop.create_connection(
                             lambda: protocol,
                             sock=sock,
                             ssl=self._ssl,
@@ -664,7 +653,7 @@ class UpstreamPool:
                             ssl_shutdown_timeout=self._connect_timeout,
                         )
                     else:
-                        await loop.create_connection(lambda: protocol, sock=sock)
+                        transport, _ = await loop.create_connection(lambda: protocol, sock=sock)
                 except BaseException:
                     sock.close()
                     raise
@@ -673,6 +662,7 @@ class UpstreamPool:
         except OSError as exc:
             # Refused, unreachable, reset, DNS failure, TLS handshake or certificate errors.
             raise BadGateway(f"cannot connect to {target}: {exc}") from None
+        return transport
 
 
 def _replayable(replay: ReplayableBody | None) -> bool:
