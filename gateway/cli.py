@@ -17,6 +17,11 @@ from gateway.config.model import GatewayConfig
 from gateway.errors import ConfigError
 
 
+def _ports(text: str) -> list[int]:
+    """The worker's ``--port``: one public port per listener, comma-separated."""
+    return [int(part) for part in text.split(",")]
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gateway", description="HTTP edge gateway")
     parser.add_argument("--version", action="version", version=f"gateway {__version__}")
@@ -48,7 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--admin-port", type=int, default=9901, help="admin port (default 9901)")
     worker = commands.add_parser("worker")
     worker.add_argument("--snapshot", required=True)
-    worker.add_argument("--port", type=int, required=True)
+    worker.add_argument("--port", type=_ports, required=True)
     worker.add_argument("--status-fd", type=int, required=True)
     return parser
 

@@ -15,6 +15,7 @@ from gateway.config.model import (
     AdminConfig,
     GatewayConfig,
     ListenAddress,
+    ListenerConfig,
     RouteConfig,
     RouteMatch,
     ServerConfig,
@@ -72,7 +73,7 @@ def demo_config(
 ) -> GatewayConfig:
     upstream = UpstreamConfig(name="demo", targets=(Target("http", "127.0.0.1", upstream_port),))
     return GatewayConfig(
-        server=ServerConfig(listen=ListenAddress("127.0.0.1", gateway_port)),
+        server=ServerConfig(listeners=(ListenerConfig(ListenAddress("127.0.0.1", gateway_port)),)),
         admin=AdminConfig(listen=ListenAddress("127.0.0.1", admin_port)),
         upstreams=(upstream,),
         routes=(

@@ -136,10 +136,33 @@ def resolve_workers(config: GatewayConfig, cgroup_root: Path = Path("/sys/fs/cgr
 
 
 def keep_restart_only(new: GatewayConfig, old: GatewayConfig) -> GatewayConfig:
-    """``new`` with the settings only a restart applies taken from ``old``."""
-    server = replace(new.server, listen=old.server.listen, workers=old.server.workers)
+    """``new`` with the settings only a restart applies taken from ``old``.
+
+    The listeners' addresses are bound once; a reload applies the rest of a listener's settings
+    (certificates above all) when the listeners are the same addresses in the same order, and
+    keeps the old listeners whole otherwise.
+    """
+    old_addresses = [listener.listen for listener in old.server.listeners]
+    if [listener.listen for listener in new.server.listeners] == old_addresses:
+        listeners = new.server.listeners
+    else:
+        listeners = old.server.listeners
+    server = replace(new.server, listeners=listeners, workers=old.server.workers)
     logging = replace(new.logging, level=old.logging.level)
     return replace(new, server=server, admin=old.admin, logging=logging)
+
+
+def reserve_ports(addresses: list[ListenAddress]) -> list[socket.socket]:
+    """`reserve_port` for each listener, all or none."""
+    sockets: list[socket.socket] = []
+    try:
+        for address in addresses:
+            sockets.append(reserve_port(address))
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
 
 
 def reserve_port(address: ListenAddress) -> socket.socket:
@@ -220,7 +243,7 @@ class Supervisor:
         self._workers = [Worker(slot) for slot in range(resolve_workers(config))]
         self._snapshots: list[Path] = []
         self._snapshot_count = 0
-        self._port = config.server.listen.port
+        self._ports = [listener.listen.port for listener in config.server.listeners]
         self._started = False
         self._draining = False
         self._stop = asyncio.Event()
@@ -299,9 +322,9 @@ class Supervisor:
 
         self._hash = config_hash(self._config)
         self._write_snapshot(self._config)
-        reservation = reserve_port(self._config.server.listen)
+        reservations = reserve_ports([item.listen for item in self._config.server.listeners])
         try:
-            self._port = reservation.getsockname()[1]
+            self._ports = [sock.getsockname()[1] for sock in reservations]
             admin, admin_address = await self._start_admin()
             if self._config.admin.metrics:
                 from gateway.cache.census import redis_cache_url, run_census
@@ -314,7 +337,8 @@ class Supervisor:
             finally:
                 await admin.cleanup()
         finally:
-            reservation.close()
+            for sock in reservations:
+                sock.close()
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -383,10 +407,14 @@ class Supervisor:
         self._background(self._reloader())
         if self._watch:
             self._background(self._watch_file())
-        listen = replace(self._config.server.listen, port=self._port)
+        addresses = [
+            str(replace(listener.listen, port=port))
+            for listener, port in zip(self._config.server.listeners, self._ports, strict=True)
+        ]
         self._log.info(
             "listening",
-            address=str(listen),
+            address=addresses[0],
+            addresses=addresses,
             admin=f"{admin_address[0]}:{admin_address[1]}",
             workers=len(self._workers),
             pids=[worker.pid for worker in self._workers],
@@ -449,7 +477,7 @@ class Supervisor:
                 "--snapshot",
                 str(self._snapshots[-1]),
                 "--port",
-                str(self._port),
+                ",".join(str(port) for port in self._ports),
                 "--status-fd",
                 str(write_fd),
                 stdin=asyncio.subprocess.PIPE,

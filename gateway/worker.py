@@ -7,7 +7,8 @@ listener (the supervisor serves that, for all workers).
 The protocol with the supervisor:
 
 - argv: ``--snapshot PATH`` (a validated `GatewayConfig` written by `write_snapshot`),
-  ``--port P`` (the public port, resolved by the supervisor when the config says 0) and
+  ``--port P[,P...]`` (the public ports, one per listener, resolved by the supervisor when
+  the config says 0) and
   ``--status-fd FD`` (the write end of a pipe the supervisor reads).
 - Status: one JSON object per line on FD: ``{"event": "ready", "pid": N}`` once listening,
   ``{"event": "failed", "error": TEXT}`` when it cannot start, ``{"event": "reloaded",
@@ -40,7 +41,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from gateway.config.model import GatewayConfig
+from gateway.config.model import GatewayConfig, with_listen_ports
 
 if TYPE_CHECKING:
     from gateway.app import RunningGateway
@@ -69,10 +70,9 @@ def read_snapshot(path: str | os.PathLike[str]) -> GatewayConfig:
     return config
 
 
-def with_port(config: GatewayConfig, port: int) -> GatewayConfig:
-    """``config`` listening on ``port`` (the supervisor's resolved public port)."""
-    listen = replace(config.server.listen, port=port)
-    return replace(config, server=replace(config.server, listen=listen))
+def with_ports(config: GatewayConfig, ports: list[int]) -> GatewayConfig:
+    """``config`` listening on ``ports`` (the supervisor's resolved public ports, in order)."""
+    return replace(config, server=with_listen_ports(config.server, ports))
 
 
 class StatusChannel:
@@ -90,13 +90,13 @@ class StatusChannel:
         return True
 
 
-def main(snapshot: str, port: int, status_fd: int) -> int:
+def main(snapshot: str, ports: list[int], status_fd: int) -> int:
     """Serve the snapshot until SIGTERM or the supervisor's exit; the process's exit code."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
     status = StatusChannel(status_fd)
     try:
-        config = with_port(read_snapshot(snapshot), port)
+        config = with_ports(read_snapshot(snapshot), ports)
     except SnapshotError as error:
         return _failed(status, str(error))
 
@@ -107,7 +107,7 @@ def main(snapshot: str, port: int, status_fd: int) -> int:
 
     configure_logging(config.logging)
     try:
-        return uvloop.run(_serve(config, port, status))
+        return uvloop.run(_serve(config, ports, status))
     except StartupError as error:
         return _failed(status, str(error))
     finally:
@@ -120,7 +120,7 @@ def _failed(status: StatusChannel, error: str) -> int:
     return 1
 
 
-async def _serve(config: GatewayConfig, port: int, status: StatusChannel) -> int:
+async def _serve(config: GatewayConfig, ports: list[int], status: StatusChannel) -> int:
     from gateway.app import start
     from gateway.observability.logging import get_logger
 
@@ -130,7 +130,7 @@ async def _serve(config: GatewayConfig, port: int, status: StatusChannel) -> int
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGTERM, stop.set)
-    commands = loop.create_task(_read_commands(gateway, port, status, stop, log))
+    commands = loop.create_task(_read_commands(gateway, ports, status, stop, log))
     status.send("ready", pid=os.getpid())
     await stop.wait()
     commands.cancel()
@@ -154,7 +154,11 @@ def _check_fd_limit(config: GatewayConfig, log: Any) -> None:
 
 
 async def _read_commands(
-    gateway: RunningGateway, port: int, status: StatusChannel, stop: asyncio.Event, log: Any
+    gateway: RunningGateway,
+    ports: list[int],
+    status: StatusChannel,
+    stop: asyncio.Event,
+    log: Any,
 ) -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
@@ -165,7 +169,7 @@ async def _read_commands(
         while line := await reader.readline():
             command, _, argument = line.decode("utf-8", "replace").strip().partition(" ")
             if command == "reload" and argument:
-                _reload(gateway, argument, port, status, log)
+                _reload(gateway, argument, ports, status, log)
             elif command == "purge" and argument:
                 purges.add(loop.create_task(_purge(gateway, argument, status)))
                 purges = {task for task in purges if not task.done()}
@@ -188,14 +192,14 @@ async def _purge(gateway: RunningGateway, argument: str, status: StatusChannel) 
 
 
 def _reload(
-    gateway: RunningGateway, snapshot: str, port: int, status: StatusChannel, log: Any
+    gateway: RunningGateway, snapshot: str, ports: list[int], status: StatusChannel, log: Any
 ) -> None:
     from gateway.config.describe import config_hash
 
     try:
         config = read_snapshot(snapshot)
         digest = config_hash(config)
-        gateway.reload(with_port(config, port))
+        gateway.reload(with_ports(config, ports))
     except Exception as error:  # any failure keeps the old config serving, and is reported
         log.error("worker_reload_failed", pid=os.getpid(), snapshot=snapshot, error=str(error))
         status.send("reload_failed", error=f"{type(error).__name__}: {error}", snapshot=snapshot)

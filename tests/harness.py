@@ -83,7 +83,12 @@ def gateway_config(
     return GatewayConfig(
         upstreams=tuple(upstreams),
         routes=tuple(routes),
-        server=replace(base, listen=ListenAddress(LOCAL, 0)),
+        server=replace(
+            base,
+            listeners=tuple(
+                replace(listener, listen=ListenAddress(LOCAL, 0)) for listener in base.listeners
+            ),
+        ),
         admin=AdminConfig(listen=ListenAddress(LOCAL, 0)),
         logging=LoggingConfig(access_log=False),
     )

@@ -34,12 +34,15 @@ from gateway.config.model import (
     GatewayConfig,
     HeaderMatch,
     HealthCheckConfig,
+    Http2Config,
     ListenAddress,
+    ListenerConfig,
     LoggingConfig,
     PassiveHealthConfig,
     PoolConfig,
     RateLimitConfig,
     RedisConfig,
+    ResetBudget,
     RetryBackoff,
     RetryConfig,
     RouteConfig,
@@ -48,6 +51,8 @@ from gateway.config.model import (
     ServerLimits,
     ServerTimeouts,
     Target,
+    TlsCertificate,
+    TlsConfig,
     UpstreamConfig,
     UpstreamTimeouts,
     UpstreamTLS,
@@ -249,8 +254,12 @@ class _Section:
         injected: Iterable[str] = (),
         hints: Mapping[str, str] | None = None,
         finish: Callable[[dict[str, Any], set[str], str, _Context], None] | None = None,
+        aliases: Mapping[str, Converter] | None = None,
     ) -> None:
         self.fields = {f.name: f for f in dataclasses.fields(cls)}
+        # YAML keys that are not fields of ``cls`` (an older spelling): converted like the
+        # others, and ``finish`` turns them into fields (it must remove them from kwargs).
+        self.aliases = dict(aliases or {})
         self.injected = frozenset(injected)
         if set(schema) | self.injected != set(self.fields):
             raise TypeError(f"the YAML schema of {cls.__name__} does not match its fields")
@@ -271,7 +280,9 @@ class _Section:
         ok = _report_duplicates(value, path, ctx)
         kwargs = dict(preset)
         for key, item in value.items():
-            convert = self.schema.get(key) if isinstance(key, str) else None
+            convert = (
+                self.schema.get(key) or self.aliases.get(key) if isinstance(key, str) else None
+            )
             if convert is None:
                 hint = self.hints.get(key) or _did_you_mean(key, self.schema)
                 ctx.problem(_key(path, key), f"unknown key{hint}")
@@ -287,7 +298,7 @@ class _Section:
                 field.default is dataclasses.MISSING
                 and field.default_factory is dataclasses.MISSING
             )
-            if required and name not in kwargs and name not in value:
+            if required and name not in kwargs and name not in value and name not in self.injected:
                 ctx.problem(_key(path, name), "missing required key")
                 ok = False
         if self.finish is not None:
@@ -1356,6 +1367,97 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
+def _positive_number(value: object, path: str, ctx: _Context) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise _BadValueError(f"expected a number above 0, got {_describe(value)}")
+    return float(value)
+
+
+def _tls_version(value: object, path: str, ctx: _Context) -> str:
+    # YAML reads a bare 1.2 as a float.
+    text = f"{value:.1f}" if isinstance(value, float) else _string(value)
+    if text not in ("1.2", "1.3"):
+        raise _BadValueError(f"expected '1.2' or '1.3', got {_describe(value)}")
+    return text
+
+
+def _finish_tls(kwargs: dict[str, Any], given: set[str], path: str, ctx: _Context) -> None:
+    cert = kwargs.pop("cert", None)
+    key = kwargs.pop("key", None)
+    if cert is None or key is None:
+        if "cert" not in given or "key" not in given:
+            ctx.problem(
+                _key(path, "cert" if "cert" not in given else "key"), "missing required key"
+            )
+        return
+    kwargs["default"] = TlsCertificate(cert=cert, key=key)
+
+
+def _finish_sni(kwargs: dict[str, Any], given: set[str], path: str, ctx: _Context) -> None:
+    if "server_names" not in given:
+        ctx.problem(_key(path, "server_names"), "missing required key")
+
+
+_SNI_CERTIFICATE = _Section(
+    TlsCertificate,
+    {
+        "cert": _ca_file,
+        "key": _ca_file,
+        "server_names": _list_of(lambda v, p, c: _string(v).lower(), "server name"),
+    },
+    finish=_finish_sni,
+)
+
+_TLS = _Section(
+    TlsConfig,
+    {
+        "sni": _list_of(_SNI_CERTIFICATE, "certificate", allow_empty=True),
+        "min_version": _tls_version,
+        "ciphers": _optional(lambda v, p, c: _string(v)),
+    },
+    injected=("default",),
+    aliases={"cert": _ca_file, "key": _ca_file},
+    finish=_finish_tls,
+)
+
+_HTTP2 = _Section(
+    Http2Config,
+    {
+        "enabled": _boolean,
+        "h2c": _boolean,
+        "max_concurrent_streams": _count,
+        "max_header_list_size": _size,
+        "max_frame_size": _size,
+        "initial_window_size": _size,
+        "max_requests_per_connection": _count,
+        "reset_budget": _Section(ResetBudget, {"burst": _count, "per_second": _positive_number}),
+    },
+)
+
+_LISTENER = _Section(
+    ListenerConfig,
+    {
+        "listen": _listen,
+        "tls": _optional(_TLS),
+        "http2": _HTTP2,
+        "proxy_protocol": _boolean,
+        "redirect_to_https": _boolean,
+    },
+)
+
+
+def _finish_server(kwargs: dict[str, Any], given: set[str], path: str, ctx: _Context) -> None:
+    listen = kwargs.pop("listen", None)
+    if "listen" in given and "listeners" in given:
+        ctx.problem(
+            _key(path, "listeners"),
+            "give either server.listen (one plain listener) or server.listeners, not both",
+        )
+        return
+    if listen is not None:
+        kwargs["listeners"] = (ListenerConfig(listen),)
+
+
 _GATEWAY = _Section(
     GatewayConfig,
     {
@@ -1364,7 +1466,7 @@ _GATEWAY = _Section(
         "server": _Section(
             ServerConfig,
             {
-                "listen": _listen,
+                "listeners": _list_of(_LISTENER, "listener"),
                 "workers": _workers,
                 "trusted_proxies": _list_of(
                     _network, "address", plural="addresses", allow_empty=True
@@ -1395,6 +1497,8 @@ _GATEWAY = _Section(
                 "via_name": _via_name,
                 "rate_limit": _rate_limit,
             },
+            aliases={"listen": _listen},
+            finish=_finish_server,
         ),
         "admin": _Section(
             AdminConfig, {"listen": _listen, "token": _optional(_token), "metrics": _boolean}

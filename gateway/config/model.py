@@ -8,7 +8,8 @@ in to whatever needs them. Defaults follow DESIGN.md §3 and HARDENING.md's edge
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from typing import Final, Literal
 
 KIB = 1024
@@ -64,8 +65,85 @@ class ServerTimeouts:
 
 
 @dataclass(frozen=True, slots=True)
+class TlsCertificate:
+    """A PEM certificate chain and its private key, served to the names in ``server_names``."""
+
+    cert: str
+    key: str
+    # SNI names this certificate answers (exact, or "*.example.com" for one label); empty for
+    # the listener's default certificate, served when no other name matches.
+    server_names: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """TLS termination on a listener. Files are read when a worker starts and on every reload
+    (SIGHUP), so a renewed certificate is served to new connections without a restart."""
+
+    # The default certificate (YAML `cert` and `key`).
+    default: TlsCertificate
+    # More certificates chosen by SNI (YAML `sni: [{server_names, cert, key}]`).
+    sni: tuple[TlsCertificate, ...] = ()
+    min_version: Literal["1.2", "1.3"] = "1.2"
+    # OpenSSL cipher list for TLS 1.2 (TLS 1.3 suites are OpenSSL's defaults); None keeps
+    # Mozilla's "intermediate" list (`gateway.downstream.tls.INTERMEDIATE_CIPHERS`).
+    ciphers: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResetBudget:
+    """Stream resets one HTTP/2 connection may cause, the client's (RST_STREAM) and the ones
+    the gateway sends because of the client, as a token bucket; beyond it, GOAWAY
+    ENHANCE_YOUR_CALM (the rapid-reset attack, CVE-2023-44487)."""
+
+    burst: int = 200
+    per_second: float = 20.0
+
+
+@dataclass(frozen=True, slots=True)
+class Http2Config:
+    # Offer h2 by ALPN on a TLS listener (and allow `h2c`).
+    enabled: bool = True
+    # On a cleartext listener: the client preface selects HTTP/2 with prior knowledge
+    # (RFC 9113 §3.3). `Upgrade: h2c` is never honoured (RFC 9113 §3.1 deprecates it).
+    h2c: bool = False
+    max_concurrent_streams: int = 100
+    # The decoded header list (RFC 9113 §6.5.2 SETTINGS_MAX_HEADER_LIST_SIZE); a block beyond it
+    # ends the connection with GOAWAY ENHANCE_YOUR_CALM.
+    max_header_list_size: int = 64 * KIB
+    max_frame_size: int = 16 * KIB
+    # Each stream's receive window: a request body buffers at most this much before the
+    # route's chain takes it (the window reopens only as it does).
+    initial_window_size: int = 64 * KIB
+    # Streams on one connection before a graceful GOAWAY (as server.limits for HTTP/1.1).
+    max_requests_per_connection: int = 1000
+    reset_budget: ResetBudget = field(default_factory=ResetBudget)
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerConfig:
+    listen: ListenAddress
+    tls: TlsConfig | None = None
+    http2: Http2Config = field(default_factory=Http2Config)
+    # Read a PROXY protocol v1 or v2 header first (from server.trusted_proxies only): the
+    # address it carries is the client's.
+    proxy_protocol: bool = False
+    # A cleartext listener answering every request with 308 to the same URL on https.
+    redirect_to_https: bool = False
+
+    @property
+    def protocol_sniffing(self) -> bool:
+        """Whether a connection's first bytes pick what serves it (PROXY header, h2c preface)."""
+        return self.proxy_protocol or (self.tls is None and self.http2.enabled and self.http2.h2c)
+
+
+DEFAULT_LISTENERS: Final = (ListenerConfig(ListenAddress("0.0.0.0", 8080)),)
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
-    listen: ListenAddress = ListenAddress("0.0.0.0", 8080)
+    # The public listeners (YAML `server.listeners`, or `server.listen` for one plain one).
+    listeners: tuple[ListenerConfig, ...] = DEFAULT_LISTENERS
     # Worker processes accepting on `listen` with SO_REUSEPORT; "auto" is one per CPU core.
     workers: int | Literal["auto"] = 1
     # CIDRs whose X-Forwarded-For / X-Forwarded-Proto are believed.
@@ -76,6 +154,11 @@ class ServerConfig:
     via_name: str = "gateway"
     # The rate limit of every route that does not set its own `rate_limit`.
     rate_limit: RateLimitConfig | None = None
+
+    @property
+    def listen(self) -> ListenAddress:
+        """The first listener's address (the only one when `server.listen` configured it)."""
+        return self.listeners[0].listen
 
 
 @dataclass(frozen=True, slots=True)
@@ -453,3 +536,12 @@ class GatewayConfig:
             if upstream.name == name:
                 return upstream
         raise KeyError(name)
+
+
+def with_listen_ports(server: ServerConfig, ports: Sequence[int]) -> ServerConfig:
+    """``server`` with its listeners on ``ports`` (the supervisor's resolved ones), in order."""
+    listeners = tuple(
+        replace(listener, listen=replace(listener.listen, port=port))
+        for listener, port in zip(server.listeners, ports, strict=True)
+    )
+    return replace(server, listeners=listeners)

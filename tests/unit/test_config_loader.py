@@ -33,6 +33,7 @@ from gateway.config.model import (
     HeaderMatch,
     HealthCheckConfig,
     ListenAddress,
+    ListenerConfig,
     LoggingConfig,
     PassiveHealthConfig,
     PoolConfig,
@@ -1570,7 +1571,7 @@ cache: {max_bytes: 64MiB}
 def _expected_every_key(ca_file: str) -> GatewayConfig:
     return GatewayConfig(
         server=ServerConfig(
-            listen=ListenAddress("127.0.0.1", 8000),
+            listeners=(ListenerConfig(ListenAddress("127.0.0.1", 8000)),),
             workers=4,
             trusted_proxies=(ipaddress.ip_network("10.0.0.0/8"),),
             limits=ServerLimits(
