@@ -13,6 +13,7 @@ import signal
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import cast
 
 from aiohttp import http_parser, web
 
@@ -21,6 +22,7 @@ from gateway.cache.backends import CacheStores
 from gateway.cache.census import redis_cache_url, run_census
 from gateway.cache.purge import parse_purge, purge
 from gateway.config.model import GatewayConfig, ListenAddress
+from gateway.downstream.accept import ListenerEntry
 from gateway.downstream.listener import Listener
 from gateway.observability import metrics
 from gateway.observability.logging import get_logger
@@ -60,6 +62,7 @@ class RunningGateway:
 
     dispatcher: Dispatcher
     server: GatewayServer
+    # The first listener (the only one unless server.listeners names more) and all of them.
     listener: Listener
     admin: web.AppRunner | None
     address: tuple[str, int]
@@ -73,6 +76,11 @@ class RunningGateway:
     websockets: WebSocketCaps = field(default_factory=WebSocketCaps)
     # Counts the Redis cache store for its gauges (the process with the admin listener only).
     census: asyncio.Task[None] | None = None
+    listeners: list[Listener] = field(default_factory=list)
+    # What each listener makes of its connections (TLS contexts, PROXY headers, h2c).
+    entries: list[ListenerEntry] = field(default_factory=list)
+    # The bound address of each listener, in config order.
+    addresses: list[tuple[str, int]] = field(default_factory=list)
     draining: bool = False
     stopped: asyncio.Event = field(default_factory=asyncio.Event)
     _retiring: set[asyncio.Task[None]] = field(default_factory=set)
@@ -89,6 +97,14 @@ class RunningGateway:
         Listener and admin addresses are not changed by a reload.
         """
         old = self.dispatcher.runtime
+        # Certificates are read first: a file that cannot be loaded fails the reload before
+        # anything changed.
+        contexts = [
+            entry.prepare(config.server.listeners[entry.index])
+            if entry.index < len(config.server.listeners)
+            else entry.tls
+            for entry in self.entries
+        ]
         new = Runtime.build(
             config,
             self.dispatcher.metrics,
@@ -98,6 +114,11 @@ class RunningGateway:
             websockets=self.websockets,
         )
         self.dispatcher.swap(new)
+        for entry, tls in zip(self.entries, contexts, strict=True):
+            entry.tls = tls
+        # HTTP/2 clients get GOAWAY and reconnect to the new settings and certificates;
+        # their open streams finish first.
+        self.server.goaway_http2()
         retired = old.pools_to_retire(new)
         if retired:
             task = asyncio.get_running_loop().create_task(_close_pools(retired))
@@ -131,7 +152,8 @@ class RunningGateway:
         """Stop accepting, finish in-flight requests within ``grace`` seconds, close the rest."""
         self.draining = True
         self.dispatcher.draining = True
-        self.listener.close()
+        for listener in self.listeners:
+            listener.close()
         # Idle keep-alive connections close at once; busy ones after their response.
         await self.server.shutdown(grace)
         for task in (self.sampler, self.census):
@@ -200,9 +222,28 @@ async def start(
     )
     dispatcher = Dispatcher(runtime, request_metrics)
     server = GatewayServer(dispatcher)
-    sock = _bind(config.server.listen, reuse_port)
-    listener = Listener(loop, sock, server, backlog=1024)
-    bound = sock.getsockname()
+    sockets: list[socket.socket] = []
+    try:
+        for listener_config in config.server.listeners:
+            sockets.append(_bind(listener_config.listen, reuse_port))
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    addresses = [cast(tuple[str, int], sock.getsockname()[:2]) for sock in sockets]
+    server.ports = [address[1] for address in addresses]
+    try:
+        entries = [ListenerEntry(server, index) for index in range(len(sockets))]
+    except (OSError, ValueError) as error:  # ssl.SSLError is an OSError
+        for sock in sockets:
+            sock.close()
+        raise StartupError(f"server.listeners: cannot load a certificate: {error}") from error
+    listeners = [
+        Listener(loop, sock, server, acceptor=entry, backlog=1024)
+        for sock, entry in zip(sockets, entries, strict=True)
+    ]
+    listener = listeners[0]
+    bound = addresses[0]
     sampler = metrics.GaugeSampler(
         inflight=lambda: dispatcher.inflight,
         connections=lambda: len(server.connections),
@@ -223,6 +264,9 @@ async def start(
         dispatcher=dispatcher,
         server=server,
         listener=listener,
+        listeners=listeners,
+        entries=entries,
+        addresses=addresses,
         admin=None,
         address=(bound[0], bound[1]),
         admin_address=None,

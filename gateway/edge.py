@@ -15,7 +15,8 @@ from gateway.errors import BadRequest, PayloadTooLarge
 from gateway.messages import BodyStream, Headers, ProxyRequest, header_values
 from gateway.tracing import apply_trace_context
 
-_SUPPORTED_VERSIONS = frozenset({(1, 0), (1, 1)})
+# HTTP/2 streams arrive as version (2, 0) heads (`gateway.downstream.http2`).
+_SUPPORTED_VERSIONS = frozenset({(1, 0), (1, 1), (2, 0)})
 _ABSOLUTE_PREFIXES = ((b"http://", "http"), (b"https://", "https"))
 
 
@@ -25,7 +26,6 @@ class EdgeSettings:
 
     max_body: int
     trusted_proxies: tuple[IPNetwork, ...]
-    scheme: str = "http"
 
     @classmethod
     def from_config(cls, server: ServerConfig) -> EdgeSettings:
@@ -203,7 +203,9 @@ def check_head(head: RequestHead) -> tuple[bytes, str, bytes, str]:
         authority = absolute_authority
     elif notes.host is not None:
         authority = notes.host
-    elif head.version == (1, 1):
+    elif head.version != (1, 0):
+        # RFC 9112 §3.2 for HTTP/1.1; RFC 9113 §8.3.1 has HTTP/2 requests carry :authority
+        # (or Host), and an origin server needs one to route.
         raise BadRequest("missing Host header field")
     else:
         authority = b""
@@ -247,8 +249,11 @@ def build_request(
     settings: EdgeSettings,
     body: BodyStream | None,
     content_length: int | None,
+    scheme: str = "http",
 ) -> ProxyRequest:
-    """Validate ``head`` and assemble the gateway's request (raises a GatewayError)."""
+    """Validate ``head`` and assemble the gateway's request (raises a GatewayError).
+
+    ``scheme`` is the listener's: "https" when it terminates TLS."""
     target, path, authority, host = check_head(head)
     if content_length is not None and content_length > settings.max_body:
         raise PayloadTooLarge(f"request body exceeds {settings.max_body} bytes")
@@ -265,7 +270,7 @@ def build_request(
     request_id = request_id_of(head)
     expect = notes.expect
     expect_continue = (
-        expect is not None and head.version == (1, 1) and expect.strip().lower() == b"100-continue"
+        expect is not None and head.version != (1, 0) and expect.strip().lower() == b"100-continue"
     )
     # The field list is this request's own: without hop-by-hop fields it goes on as it is.
     end_to_end = header_rules.strip_hop_by_hop(fields) if notes.hop_by_hop else fields
@@ -280,7 +285,7 @@ def build_request(
         version=head.version,
         body=body,
         content_length=content_length,
-        scheme=settings.scheme,
+        scheme=scheme,
         client_ip=client_ip,
         peer_ip=head.peer_ip,
         peer_trusted=peer_trusted,

@@ -144,6 +144,13 @@ class WebSocketCapacity(GatewayError):
     code = "websocket_capacity"
 
 
+class RedirectToHttps(GatewayError):
+    """A cleartext listener with `redirect_to_https`: every request is told where it lives."""
+
+    status = 308
+    code = "redirect_to_https"
+
+
 class ConnectionCapacity(GatewayError):
     """The worker holds `max_connections` client connections, or the client's IP holds
     `max_connections_per_ip`: the connection's first request gets this, then it closes."""

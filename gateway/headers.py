@@ -326,7 +326,10 @@ def via_value(version: tuple[int, int], pseudonym: str) -> bytes:
     """A Via element (RFC 9110 §7.6.3): the protocol version this hop received, then our name.
 
     ``(1, 1), "gateway"`` gives ``b"1.1 gateway"``; the protocol name is omitted for HTTP.
+    HTTP/2 is ``b"2 gateway"`` (its version has no minor part, RFC 9113 §3).
     """
+    if version[0] >= 2:
+        return f"{version[0]} {pseudonym}".encode()
     return f"{version[0]}.{version[1]} {pseudonym}".encode()
 
 

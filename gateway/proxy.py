@@ -49,7 +49,8 @@ class Rewriter:
         )
         # RFC 9110 §7.6.3: Via names the protocol version each hop received the message with.
         self._via_by_version = {
-            version: header_rules.via_value(version, via_name) for version in ((1, 0), (1, 1))
+            version: header_rules.via_value(version, via_name)
+            for version in ((1, 0), (1, 1), (2, 0))
         }
         self.via_response = header_rules.via_value((1, 1), via_name)
 

@@ -13,14 +13,18 @@ from typing import cast
 
 from gateway import headers as header_rules
 from gateway.compression.codecs import EncodedBody
+from gateway.config.model import ListenerConfig
 from gateway.downstream.body import RequestBody
 from gateway.downstream.connection import (
     ClientConnection,
     ClientGone,
     ConnectionLimits,
     ConnectionRegistry,
+    ListenerSettings,
     PendingRequest,
+    ServedConnection,
 )
+from gateway.downstream.http2 import H2InterimRelay, H2Stream, Http2Connection
 from gateway.downstream.writer import (
     LAST_CHUNK,
     chunk,
@@ -29,7 +33,13 @@ from gateway.downstream.writer import (
     response_head,
 )
 from gateway.edge import RequestHead, build_request, request_id_of
-from gateway.errors import ConnectionCapacity, GatewayError, RouteNotFound, UpstreamAborted
+from gateway.errors import (
+    ConnectionCapacity,
+    GatewayError,
+    RedirectToHttps,
+    RouteNotFound,
+    UpstreamAborted,
+)
 from gateway.messages import CompleteBody, Headers, ProxyRequest, ProxyResponse
 from gateway.observability.access_log import AccessLog
 from gateway.observability.logging import get_logger
@@ -57,10 +67,15 @@ class Dispatcher:
         old, self.runtime = self.runtime, runtime
         return old
 
-    async def __call__(self, conn: ClientConnection, pending: PendingRequest) -> None:
+    async def __call__(self, conn: ClientConnection | H2Stream, pending: PendingRequest) -> None:
+        """Answer ``pending``: an HTTP/1.1 request (``conn`` its connection) or an HTTP/2
+        stream (``conn`` the stream); only writing the response differs."""
         runtime = self.runtime
         started = perf_counter()
-        conn.requests_served += 1
+        http1 = isinstance(conn, ClientConnection)
+        if isinstance(conn, ClientConnection):
+            conn.requests_served += 1
+        listener = conn.listener
         head = pending.head
         route_name = UNMATCHED
         proxy_request: ProxyRequest | None = None
@@ -73,8 +88,10 @@ class Dispatcher:
                 if pending.error is not None:
                     raise pending.error
                 proxy_request = build_request(
-                    head, runtime.edge, pending.body, pending.content_length
+                    head, runtime.edge, pending.body, pending.content_length, listener.scheme
                 )
+                if listener.redirect_port is not None:
+                    raise _redirect(proxy_request, listener.redirect_port)
                 route = runtime.router.match(
                     proxy_request.host,
                     proxy_request.path,
@@ -84,9 +101,14 @@ class Dispatcher:
                 if route is None:
                     raise RouteNotFound("no route matches this request")
                 route_name = route.name
-                proxy_request.send_informational = InterimRelay(
-                    conn, proxy_request, runtime.via_response
-                )
+                if isinstance(conn, ClientConnection):
+                    proxy_request.send_informational = InterimRelay(
+                        conn, proxy_request, runtime.via_response
+                    )
+                else:
+                    proxy_request.send_informational = H2InterimRelay(
+                        conn, proxy_request, runtime.via_response
+                    )
                 handler = runtime.handlers[route.name]
                 if pending.upgrade:
                     upgrade = runtime.upgrade_handlers.get(route.name)
@@ -108,14 +130,18 @@ class Dispatcher:
             else:
                 status = proxy_response.status
                 tunnel = proxy_response.tunnel
-                if isinstance(tunnel, Tunnel):
+                if not isinstance(conn, ClientConnection):
+                    bytes_out = await conn.relay(proxy_response, head.method == "HEAD")
+                elif isinstance(tunnel, Tunnel):
                     bytes_out = await self._tunnel(conn, proxy_response, tunnel)
                 else:
                     bytes_out = await self._relay(conn, pending, proxy_response)
         finally:
             self.inflight -= 1
         duration = perf_counter() - started
-        self.metrics.request_done(route_name, head.method, status, duration)
+        self.metrics.request_done(
+            route_name, head.method, status, duration, "http1" if http1 else "http2"
+        )
         if proxy_request is not None and proxy_request.cache is not None:
             self.metrics.cache_result(route_name, proxy_request.cache)
         if runtime.access_log is not None:
@@ -132,9 +158,16 @@ class Dispatcher:
             )
 
     def _send_error(
-        self, conn: ClientConnection, pending: PendingRequest, error: GatewayError, request_id: str
+        self,
+        conn: ClientConnection | H2Stream,
+        pending: PendingRequest,
+        error: GatewayError,
+        request_id: str,
     ) -> tuple[int, int]:
         """Answer with ``error`` unless the response already started; return (status, bytes)."""
+        if not isinstance(conn, ClientConnection):
+            head_only = pending.head.method == "HEAD"
+            return error.status, conn.send_error(error, request_id, head_only)
         if conn.response_started:
             conn.abort()
             return error.status, 0
@@ -318,6 +351,16 @@ class Dispatcher:
         )
 
 
+def _redirect(request: ProxyRequest, port: int) -> RedirectToHttps:
+    """308 to the same URL on https (a cleartext listener with redirect_to_https)."""
+    if not request.host:
+        return RedirectToHttps("this listener serves only redirects to https; send a Host")
+    host = f"[{request.host}]" if ":" in request.host else request.host
+    authority = host if port == 443 else f"{host}:{port}"
+    location = b"https://" + authority.encode("ascii", "replace") + request.target
+    return RedirectToHttps("this resource is served over https", fields=[(b"Location", location)])
+
+
 class InterimRelay:
     """Relays an upstream interim response to the client (RFC 9110 §15.2).
 
@@ -377,7 +420,11 @@ class GatewayServer(ConnectionRegistry):
 
     def __init__(self, dispatcher: Dispatcher) -> None:
         self.dispatcher = dispatcher
-        self.connections: set[ClientConnection] = set()
+        self.connections: set[ServedConnection] = set()
+        # The port each listener is bound to (set by `gateway.app.start`): redirect_to_https
+        # points at the first TLS listener's.
+        self.ports: list[int] = []
+        self._listeners: tuple[object, list[ListenerSettings]] | None = None
         self._limits: tuple[object, ConnectionLimits] | None = None
         self._loop = asyncio.get_running_loop()
         # Admitted connections, in all and per client IP.
@@ -387,13 +434,76 @@ class GatewayServer(ConnectionRegistry):
         self.max_refusing = MAX_REFUSING
 
     def __call__(self) -> ClientConnection:
+        return self.http1(0)
+
+    def limits(self) -> ConnectionLimits:
         server = self.dispatcher.runtime.config.server
         cached = self._limits
         if cached is None or cached[0] is not server:
             cached = self._limits = (server, ConnectionLimits(server))
-        return ClientConnection(self, self.dispatcher, cached[1], self._loop)
+        return cached[1]
 
-    def connection_opened(self, conn: ClientConnection) -> None:
+    def listener_config(self, index: int) -> ListenerConfig:
+        """Listener ``index`` of the config being served (a reload keeps the list's shape)."""
+        listeners = self.dispatcher.runtime.config.server.listeners
+        return listeners[index] if index < len(listeners) else listeners[0]
+
+    def listener_settings(self, index: int) -> ListenerSettings:
+        server = self.dispatcher.runtime.config.server
+        cached = self._listeners
+        if cached is None or cached[0] is not server:
+            cached = self._listeners = (server, self._settings_of(server.listeners))
+        settings = cached[1]
+        return settings[index] if index < len(settings) else settings[0]
+
+    def _settings_of(self, listeners: tuple[ListenerConfig, ...]) -> list[ListenerSettings]:
+        redirect_port: int | None = None
+        for index, listener in enumerate(listeners):
+            if listener.tls is not None:
+                redirect_port = self.ports[index] if index < len(self.ports) else None
+                if redirect_port is None:
+                    redirect_port = listener.listen.port
+                break
+        return [
+            ListenerSettings(
+                "https" if listener.tls is not None else "http",
+                redirect_port if listener.redirect_to_https else None,
+            )
+            for listener in listeners
+        ]
+
+    def http1(self, index: int) -> ClientConnection:
+        """An HTTP/1.1 connection for listener ``index``."""
+        conn = ClientConnection(self, self.dispatcher, self.limits(), self._loop)
+        conn.listener = self.listener_settings(index)
+        return conn
+
+    def http2(self, index: int) -> Http2Connection:
+        """An HTTP/2 connection for listener ``index``."""
+        return Http2Connection(
+            self,
+            self.dispatcher,
+            self.limits(),
+            self.listener_config(index).http2,
+            self.listener_settings(index),
+            self._loop,
+        )
+
+    def goaway_http2(self) -> None:
+        """GOAWAY to every HTTP/2 connection (a reload): their clients reconnect to the new
+        config; streams already open finish."""
+        for conn in list(self.connections):
+            if isinstance(conn, Http2Connection):
+                conn.begin_drain()
+
+    def upstream_aborted(self, upstream: ProxyResponse) -> None:
+        if upstream.upstream is not None:
+            self.dispatcher.metrics.upstream_failed(upstream.upstream, "aborted")
+
+    def http2_goaway(self, code: int) -> None:
+        self.dispatcher.metrics.http2_goaway(code)
+
+    def connection_opened(self, conn: ServedConnection) -> None:
         self.connections.add(conn)
         limits = conn.limits
         ip = conn.peer_ip
@@ -419,7 +529,7 @@ class GatewayServer(ConnectionRegistry):
         self.refusing += 1
         conn.refuse(ConnectionCapacity(message))
 
-    def connection_closed(self, conn: ClientConnection) -> None:
+    def connection_closed(self, conn: ServedConnection) -> None:
         self.connections.discard(conn)
         admission = conn.admission
         if admission == _ADMITTED:

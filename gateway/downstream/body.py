@@ -21,6 +21,12 @@ class ReadControl(Protocol):
         """The body's buffer went above HIGH_WATER (True) or back under LOW_WATER (False)."""
 
 
+class ConsumeListener(Protocol):
+    """Told of every chunk the reader takes (HTTP/2 reopens the stream's window by it)."""
+
+    def body_consumed(self, size: int) -> None: ...
+
+
 class RequestBody:
     """The body of one request, fed by the connection's parser and read by the route's chain.
 
@@ -39,6 +45,7 @@ class RequestBody:
         "_loop",
         "_waiter",
         "complete",
+        "consumer",
         "received",
     )
 
@@ -54,6 +61,8 @@ class RequestBody:
         # The message ended as framed (RFC 9112 §6): every body byte was received.
         self.complete = False
         self.received = 0
+        # Told of each chunk the reader takes; None for HTTP/1.1, whose socket reads pace it.
+        self.consumer: ConsumeListener | None = None
 
     # -------------------------------------------------------------- connection side
 
@@ -115,6 +124,9 @@ class RequestBody:
                 if self._backlogged and buffered <= LOW_WATER:
                     self._backlogged = False
                     self._control.body_backlog(False)
+                consumer = self.consumer
+                if consumer is not None:
+                    consumer.body_consumed(len(chunk))
                 return chunk
             error = self._error
             if error is not None:

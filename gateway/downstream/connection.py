@@ -36,7 +36,7 @@ import asyncio
 import math
 from collections import deque
 from collections.abc import Callable, Coroutine, Iterable
-from typing import Any, Final, cast
+from typing import Any, Final, Protocol, cast
 
 import httptools
 
@@ -54,7 +54,7 @@ from gateway.errors import (
     UriTooLong,
 )
 from gateway.headers import new_request_id
-from gateway.messages import Headers
+from gateway.messages import Headers, ProxyResponse
 
 # Parsed heads waiting behind the request being answered; reading pauses beyond this.
 MAX_PIPELINED: Final = 16
@@ -146,6 +146,23 @@ class ConnectionLimits:
         self.max_requests = limits.max_requests_per_connection
 
 
+class ListenerSettings:
+    """What a connection needs to know about the listener that accepted it."""
+
+    __slots__ = ("protocol", "redirect_port", "scheme")
+
+    def __init__(self, scheme: str = "http", redirect_port: int | None = None) -> None:
+        # "https" on a TLS listener: X-Forwarded-Proto and the cache key say so.
+        self.scheme = scheme
+        # redirect_to_https: every request is answered 308 to https on this port.
+        self.redirect_port = redirect_port
+        # The `protocol` label of the request metrics.
+        self.protocol = "http1"
+
+
+PLAIN_LISTENER: Final = ListenerSettings()
+
+
 # What the server runs for each request: it writes the response through the connection.
 RequestHandler = Callable[["ClientConnection", PendingRequest], Coroutine[Any, Any, None]]
 
@@ -162,15 +179,37 @@ class TunnelHooks:
     def shutdown(self) -> None: ...
 
 
+class ServedConnection(Protocol):
+    """A client connection as its server tracks it: HTTP/1.1 (`ClientConnection`) or HTTP/2
+    (`gateway.downstream.http2.Http2Connection`)."""
+
+    peer_ip: str
+    admission: int
+    limits: ConnectionLimits
+    closed_waiter: asyncio.Future[None]
+
+    def refuse(self, error: GatewayError) -> None: ...
+
+    def abort(self) -> None: ...
+
+    def begin_drain(self) -> None: ...
+
+
 class ConnectionRegistry:
     """What a connection tells its server (GatewayServer implements it)."""
 
-    def connection_opened(self, conn: ClientConnection) -> None: ...
+    def connection_opened(self, conn: ServedConnection) -> None: ...
 
-    def connection_closed(self, conn: ClientConnection) -> None: ...
+    def connection_closed(self, conn: ServedConnection) -> None: ...
 
     def client_timed_out(self, kind: str) -> None:
         """A client missed a deadline: ``header_read``, ``body_progress`` or ``send``."""
+
+    def upstream_aborted(self, upstream: ProxyResponse) -> None:
+        """An upstream response broke off after its head was relayed."""
+
+    def http2_goaway(self, code: int) -> None:
+        """An HTTP/2 connection ended with GOAWAY ``code`` because of the client."""
 
 
 class ClientConnection(asyncio.Protocol):
@@ -218,6 +257,7 @@ class ClientConnection(asyncio.Protocol):
         "admission",
         "closed_waiter",
         "limits",
+        "listener",
         "peer_ip",
         "requests_served",
         "response_started",
@@ -236,7 +276,9 @@ class ClientConnection(asyncio.Protocol):
         self.limits = limits
         self._loop = loop
         self.transport: asyncio.Transport | None = None
+        # Set before connection_made when a PROXY protocol header named the client.
         self.peer_ip = ""
+        self.listener = PLAIN_LISTENER
         self._parser = httptools.HttpRequestParser(self)
         # Head being parsed.
         self._in_head = False
@@ -303,8 +345,9 @@ class ClientConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
-        peer = transport.get_extra_info("peername")
-        self.peer_ip = str(peer[0]) if isinstance(peer, tuple) else ""
+        if not self.peer_ip:
+            peer = transport.get_extra_info("peername")
+            self.peer_ip = str(peer[0]) if isinstance(peer, tuple) else ""
         self._registry.connection_opened(self)
         # The first head's deadline runs from accept: a connection that sends nothing is a
         # slowloris too.
@@ -532,8 +575,8 @@ class ClientConnection(asyncio.Protocol):
         version_text = parser.get_http_version()
         version = _VERSIONS.get(version_text)
         if version is None:
-            major, _, minor = version_text.partition(".")
-            version = (int(major or 0), int(minor or 0))
+            # HTTP/0.9, 1.2, 2.0 on an HTTP/1.1 connection (HTTP/2 has its own, `http2`).
+            raise BadRequest(f"unsupported HTTP version {version_text}")
         if parser.get_method() == b"CONNECT":
             # RFC 9110 §9.3.6: CONNECT asks for a tunnel to the target, the job of a forward
             # proxy, which an edge gateway is not (HARDENING.md §B): refused whatever its

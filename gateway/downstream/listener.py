@@ -15,7 +15,7 @@ import errno
 import resource
 import socket
 from collections.abc import Callable
-from typing import Final
+from typing import Final, Protocol
 
 from gateway.observability.logging import get_logger
 
@@ -63,8 +63,17 @@ def fd_budget_problem(limit: int, max_connections: int, upstream_connections: in
     )
 
 
+class Acceptor(Protocol):
+    """What a listener does with a connection it accepted (`gateway.downstream.accept`)."""
+
+    def accepted(
+        self, loop: asyncio.AbstractEventLoop, sock: socket.socket
+    ) -> asyncio.Task[object]: ...
+
+
 class Listener:
-    """Accepts on ``sock`` and hands each connection to uvloop with a protocol from ``factory``."""
+    """Accepts on ``sock`` and hands each connection over: to uvloop with a protocol from
+    ``factory``, or, when ``acceptor`` is given, to it (TLS, PROXY headers, h2c)."""
 
     def __init__(
         self,
@@ -72,12 +81,14 @@ class Listener:
         sock: socket.socket,
         factory: Callable[[], asyncio.Protocol],
         *,
+        acceptor: Acceptor | None = None,
         backlog: int = 1024,
         batch: int = ACCEPT_BATCH,
     ) -> None:
         self._loop = loop
         self._sock = sock
         self._factory = factory
+        self._acceptor = acceptor
         self._batch = batch
         self._pending: set[asyncio.Task[object]] = set()
         self._closed = False
@@ -107,9 +118,14 @@ class Listener:
             self.accepted += 1
             conn.setblocking(False)
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            task: asyncio.Task[object] = self._loop.create_task(
-                self._loop.connect_accepted_socket(self._factory, sock=conn)
-            )
+            acceptor = self._acceptor
+            task: asyncio.Task[object]
+            if acceptor is not None:
+                task = acceptor.accepted(self._loop, conn)
+            else:
+                task = self._loop.create_task(
+                    self._loop.connect_accepted_socket(self._factory, sock=conn)
+                )
             self._pending.add(task)
             task.add_done_callback(self._handed_over)
 

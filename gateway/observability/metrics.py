@@ -62,8 +62,8 @@ RATELIMIT_BUCKETS = (
 
 REQUESTS = Counter(
     "gateway_requests_total",
-    "Requests answered, by route, method and status class.",
-    ["route", "method", "status_class"],
+    "Requests answered, by route, method, status class and client protocol (http1, http2).",
+    ["route", "method", "status_class", "protocol"],
 )
 REQUEST_DURATION = Histogram(
     "gateway_request_duration_seconds",
@@ -207,6 +207,18 @@ CLIENT_TIMEOUTS = Counter(
     " send (the response left unread; aborted).",
     ["kind"],
 )
+HTTP2_GOAWAYS = Counter(
+    "gateway_http2_goaways_total",
+    "HTTP/2 connections ended because of the client, by the GOAWAY error code sent"
+    " (protocol_error, enhance_your_calm for the reset budget, oversized header blocks...).",
+    ["code"],
+)
+PROXY_PROTOCOL_REJECTED = Counter(
+    "gateway_proxy_protocol_rejected_total",
+    "Connections closed on a proxy_protocol listener: untrusted (the peer is not in"
+    " server.trusted_proxies), malformed (no valid PROXY header), timeout.",
+    ["reason"],
+)
 CONFIG_RELOADS = Counter(
     "gateway_config_reloads_total",
     "Configuration reloads by result (success, error).",
@@ -251,8 +263,8 @@ def mark_worker_dead(pid: int) -> None:
         multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
 
 
-def count_requests(route: str, method: str, status: int, count: int) -> None:
-    REQUESTS.labels(route, method, status_class(status)).inc(count)
+def count_requests(route: str, method: str, status: int, protocol: str, count: int) -> None:
+    REQUESTS.labels(route, method, status_class(status), protocol).inc(count)
 
 
 def count_upstream_errors(upstream: str, kind: str, count: int) -> None:

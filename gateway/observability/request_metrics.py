@@ -29,6 +29,25 @@ def method_label(method: str) -> str:
     return method if method in _KNOWN_METHODS else "other"
 
 
+# RFC 9113 §7 error codes as metric labels.
+GOAWAY_CODES: dict[int, str] = {
+    0x0: "no_error",
+    0x1: "protocol_error",
+    0x2: "internal_error",
+    0x3: "flow_control_error",
+    0x4: "settings_timeout",
+    0x5: "stream_closed",
+    0x6: "frame_size_error",
+    0x7: "refused_stream",
+    0x8: "cancel",
+    0x9: "compression_error",
+    0xA: "connect_error",
+    0xB: "enhance_your_calm",
+    0xC: "inadequate_security",
+    0xD: "http_1_1_required",
+}
+
+
 class Observations:
     """Histogram observations held in plain numbers until the next flush."""
 
@@ -63,7 +82,7 @@ class RequestMetrics:
     )
 
     def __init__(self) -> None:
-        self._requests: dict[tuple[str, str, int], int] = {}
+        self._requests: dict[tuple[str, str, int, str], int] = {}
         self._durations: dict[str, Observations] = {}
         self._upstream_durations: dict[str, Observations] = {}
         self._upstream_errors: dict[tuple[str, str], int] = {}
@@ -79,9 +98,11 @@ class RequestMetrics:
         # (kind, label) -> count; kind is "refused" (label: the cap) or "timeout" (the deadline).
         self._client_events: dict[tuple[str, str], int] = {}
 
-    def request_done(self, route: str, method: str, status: int, seconds: float) -> None:
+    def request_done(
+        self, route: str, method: str, status: int, seconds: float, protocol: str = "http1"
+    ) -> None:
         # Keyed by the method label, not the method: clients may send any token as a method.
-        key = (route, method_label(method), status)
+        key = (route, method_label(method), status, protocol)
         requests = self._requests
         requests[key] = requests.get(key, 0) + 1
         observations = self._durations.get(route)
@@ -142,11 +163,26 @@ class RequestMetrics:
         key = ("timeout", kind)
         self._client_events[key] = self._client_events.get(key, 0) + 1
 
+    def http2_goaway(self, code: int) -> None:
+        key = ("goaway", GOAWAY_CODES.get(code, "unknown"))
+        self._client_events[key] = self._client_events.get(key, 0) + 1
+
+    def proxy_protocol_rejected(self, reason: str) -> None:
+        key = ("proxy", reason)
+        self._client_events[key] = self._client_events.get(key, 0) + 1
+
     def flush(self) -> None:
         """Publish what was observed since the last flush."""
         client_events, self._client_events = self._client_events, {}
         for (kind, label), count in client_events.items():
-            counter = metrics.CONNECTIONS_REFUSED if kind == "refused" else metrics.CLIENT_TIMEOUTS
+            if kind == "refused":
+                counter = metrics.CONNECTIONS_REFUSED
+            elif kind == "timeout":
+                counter = metrics.CLIENT_TIMEOUTS
+            elif kind == "goaway":
+                counter = metrics.HTTP2_GOAWAYS
+            else:
+                counter = metrics.PROXY_PROTOCOL_REJECTED
             counter.labels(label).inc(count)
         relayed, self._websocket_messages = self._websocket_messages, {}
         for (route, direction), (count, size) in relayed.items():
@@ -158,8 +194,8 @@ class RequestMetrics:
             )
             metrics.count_websocket_event(counter, route, label, count)
         requests, self._requests = self._requests, {}
-        for (route, method, status), count in requests.items():
-            metrics.count_requests(route, method, status, count)
+        for (route, method, status, protocol), count in requests.items():
+            metrics.count_requests(route, method, status, protocol, count)
         durations, self._durations = self._durations, {}
         for route, observations in durations.items():
             metrics.add_observations(
@@ -197,7 +233,9 @@ class DisabledRequestMetrics(RequestMetrics):
 
     __slots__ = ()
 
-    def request_done(self, route: str, method: str, status: int, seconds: float) -> None:
+    def request_done(
+        self, route: str, method: str, status: int, seconds: float, protocol: str = "http1"
+    ) -> None:
         return None
 
     def upstream_answered(self, upstream: str, seconds: float) -> None:
@@ -216,6 +254,12 @@ class DisabledRequestMetrics(RequestMetrics):
         return None
 
     def flush(self) -> None:
+        return None
+
+    def http2_goaway(self, code: int) -> None:
+        return None
+
+    def proxy_protocol_rejected(self, reason: str) -> None:
         return None
 
     def websocket_message(self, route: str, direction: str, size: int) -> None:

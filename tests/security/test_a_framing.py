@@ -19,7 +19,7 @@ from gateway.config.model import (
     RouteConfig,
     WebSocketConfig,
 )
-from gateway.downstream.connection import FEED_SLICE, MAX_PIPELINED
+from gateway.downstream.connection import FEED_SLICE, MAX_PIPELINED, ClientConnection
 from gateway.ratelimit.rate import parse_rate
 from tests.recording_upstream import RecordingUpstream
 from tests.security.conftest import Launch
@@ -205,6 +205,7 @@ async def test_1000_pipelined_requests_are_answered_in_order_with_a_bounded_queu
         nonlocal peak
         while True:
             for conn in gateway.server.connections:
+                assert isinstance(conn, ClientConnection)
                 peak = max(peak, len(conn._queue))
             await asyncio.sleep(0)
 

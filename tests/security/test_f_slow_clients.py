@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator
 
 from prometheus_client import REGISTRY
 
-from gateway.downstream.connection import REFUSAL_WAIT
+from gateway.downstream.connection import REFUSAL_WAIT, ClientConnection
 from gateway.downstream.listener import FD_RESERVE, fd_budget_problem, raise_fd_limit
 from tests.recording_upstream import RecordingUpstream
 from tests.security.conftest import Launch
@@ -255,6 +255,7 @@ async def test_a_slow_reader_of_an_endless_response_is_cut_at_the_send_timeout(
             while gateway.server.connections:
                 assert loop.time() - stopped < 5.0, "not cut at the send timeout"
                 for conn in gateway.server.connections:
+                    assert isinstance(conn, ClientConnection)
                     assert conn.transport is not None
                     buffered = max(buffered, conn.transport.get_write_buffer_size())
                 await asyncio.sleep(0.05)
