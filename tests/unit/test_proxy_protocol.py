@@ -1,11 +1,15 @@
 """The PROXY protocol parser (gateway.downstream.proxy_protocol): tables of v1 lines and v2
-headers with their verdicts."""
+headers with their verdicts, and properties over an encoder written here: what it builds parses
+back with the exact length, every proper prefix waits, and any bytes at all get one of the three
+answers, consistently as more arrive."""
 
 from __future__ import annotations
 
 import ipaddress
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.downstream.proxy_protocol import (
     MAX_V1_LENGTH,
@@ -301,3 +305,149 @@ def test_the_caps() -> None:
     # §2.1's worst case; and the v2 cap leaves room for AF_UNIX addresses and large TLVs.
     assert MAX_V1_LENGTH == 107
     assert 16 + 216 + 1024 <= MAX_V2_LENGTH <= 16 + 0xFFFF
+
+
+# The encoder: random headers and the ProxyHeader each should parse to.
+
+
+def expected_ip(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
+ports = st.integers(min_value=0, max_value=65535)
+# ip_addresses() is typed as either family whatever ``v``: re-made from the packed bytes.
+ipv4s = st.ip_addresses(v=4).map(lambda a: ipaddress.IPv4Address(a.packed))
+# Mapped addresses are rare among random IPv6 ones; half of these are.
+ipv6s = st.one_of(
+    st.ip_addresses(v=6).map(lambda a: ipaddress.IPv6Address(a.packed)),
+    ipv4s.map(lambda a: ipaddress.IPv6Address(f"::ffff:{a}")),
+)
+tlvs = st.lists(
+    st.builds(tlv, st.integers(min_value=0, max_value=255), st.binary(max_size=40)), max_size=6
+).map(b"".join)
+
+
+@st.composite
+def v1_addresses(
+    draw: st.DrawFn, kind: str
+) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, str]:
+    """An address for a v1 line of ``kind`` and one of the ways to write it."""
+    if kind == "TCP4":
+        address = draw(ipv4s)
+        return address, str(address)
+    address6 = draw(ipv6s)
+    forms = [str(address6), address6.exploded, str(address6).upper()]
+    if address6.ipv4_mapped is not None:
+        forms.append(f"::ffff:{address6.ipv4_mapped}")
+    return address6, draw(st.sampled_from(forms))
+
+
+@st.composite
+def v1_headers(draw: st.DrawFn) -> tuple[bytes, ProxyHeader]:
+    kind = draw(st.sampled_from(["TCP4", "TCP6", "UNKNOWN"]))
+    if kind == "UNKNOWN":
+        # "PROXY UNKNOWN" (13) + " " + rest + CRLF within 107 bytes.
+        rest = draw(st.none() | st.binary(max_size=91).filter(lambda b: b"\r" not in b))
+        if rest is None:
+            return b"PROXY UNKNOWN\r\n", UNKNOWN_V1
+        return b"PROXY UNKNOWN " + rest.replace(b"\n", b"") + b"\r\n", UNKNOWN_V1
+    source_port, dest_port = draw(ports), draw(ports)
+    (source, source_text), (dest, dest_text) = draw(v1_addresses(kind)), draw(v1_addresses(kind))
+    line = f"PROXY {kind} {source_text} {dest_text} {source_port} {dest_port}\r\n".encode()
+    header = ProxyHeader(1, expected_ip(source), source_port, expected_ip(dest), dest_port)
+    return line, header
+
+
+@st.composite
+def v2_headers(draw: st.DrawFn) -> tuple[bytes, ProxyHeader]:
+    kind = draw(st.sampled_from(["TCP4", "TCP6", "LOCAL", "UNSPEC", "UNIX"]))
+    if kind == "LOCAL":
+        family = draw(st.integers(min_value=0, max_value=255))
+        return v2(LOCAL, family, draw(st.binary(max_size=64))), UNKNOWN_V2
+    if kind == "UNSPEC":
+        return v2(PROXY, UNSPEC, draw(st.binary(max_size=64))), UNKNOWN_V2
+    if kind == "UNIX":
+        family = draw(st.sampled_from([UNIX_STREAM, UNIX_DGRAM]))
+        paths = draw(st.binary(min_size=216, max_size=216))
+        return v2(PROXY, family, paths + draw(tlvs)), UNKNOWN_V2
+    source_port, dest_port = draw(ports), draw(ports)
+    source, dest = (draw(ipv4s), draw(ipv4s)) if kind == "TCP4" else (draw(ipv6s), draw(ipv6s))
+    block = inet(str(source), str(dest), source_port, dest_port) + draw(tlvs)
+    header = ProxyHeader(2, expected_ip(source), source_port, expected_ip(dest), dest_port)
+    return v2(PROXY, TCP4 if kind == "TCP4" else TCP6, block), header
+
+
+headers = st.one_of(v1_headers(), v2_headers())
+
+
+@given(headers, st.binary(max_size=64))
+def test_encoded_headers_parse_back_with_their_exact_length(
+    encoded: tuple[bytes, ProxyHeader], rest: bytes
+) -> None:
+    data, header = encoded
+    assert parse(data + rest) == (header, len(data))
+
+
+@given(headers)
+def test_every_proper_prefix_waits(encoded: tuple[bytes, ProxyHeader]) -> None:
+    data, _ = encoded
+    for size in range(len(data)):
+        assert parse(data[:size]) is None, size
+
+
+@st.composite
+def mutated_headers(draw: st.DrawFn) -> bytes:
+    """A valid header and some bytes after it, with one byte changed (in the header or after
+    it), then maybe cut short."""
+    header, _ = draw(headers)
+    data = header + draw(st.binary(max_size=8))
+    index = draw(st.integers(min_value=0, max_value=len(data) - 1))
+    byte = bytes((draw(st.integers(min_value=0, max_value=255)),))
+    data = data[:index] + byte + data[index + 1 :]
+    return data[: draw(st.integers(min_value=0, max_value=len(data)))]
+
+
+arbitrary = st.one_of(
+    st.binary(max_size=200),
+    st.builds(
+        bytes.__add__,
+        st.sampled_from([b"PROXY ", b"PROXY TCP4 ", b"PROXY TCP6 ", b"PROXY UNKNOWN", SIGNATURE]),
+        st.binary(max_size=200),
+    ),
+    mutated_headers(),
+)
+
+
+@settings(max_examples=300)
+@given(arbitrary)
+def test_arbitrary_bytes_get_one_of_three_answers_and_keep_it(data: bytes) -> None:
+    """Fed one more byte at a time, as a slow client would: None only below the bound of what
+    the bytes could still be; then a header that more bytes do not change, or an error that they
+    do not take back. Nothing but ProxyHeaderError is ever raised (pytest fails on any other)."""
+    settled: tuple[ProxyHeader, int] | None = None
+    failed = False
+    for size in range(len(data) + 1):
+        prefix = data[:size]
+        try:
+            result = parse(prefix)
+        except ProxyHeaderError:
+            assert settled is None, "a header was taken back"
+            failed = True
+            continue
+        assert not failed, "an error was taken back"
+        if result is None:
+            assert settled is None
+            if prefix[:1] == b"P":
+                assert size < MAX_V1_LENGTH
+            elif size >= 16:
+                assert size < 16 + int.from_bytes(prefix[14:16], "big") <= MAX_V2_LENGTH
+            continue
+        header, consumed = result
+        assert 0 < consumed <= size
+        assert consumed <= (MAX_V1_LENGTH if header.version == 1 else MAX_V2_LENGTH)
+        if settled is None:
+            assert consumed == size  # a header is recognised at its last byte, not later
+            settled = result
+        assert result == settled
