@@ -77,13 +77,23 @@ async def test_request_and_upstream_metrics_count_what_happened(
             assert r.status == 502
         samples = await scrape(client, gateway)
     ok = f"route={route},status_class=2xx"
-    assert samples[f"gateway_requests_total{{method=GET,{ok}}}"] == 7
-    assert samples[f"gateway_requests_total{{method=POST,{ok}}}"] == 1
+    assert samples[f"gateway_requests_total{{method=GET,protocol=http1,{ok}}}"] == 7
+    assert samples[f"gateway_requests_total{{method=POST,protocol=http1,{ok}}}"] == 1
     assert samples[f"gateway_request_duration_seconds_count{{route={route}}}"] == 8
     assert samples[f"gateway_upstream_request_duration_seconds_count{{upstream={upstream}}}"] == 8
     assert samples[f"gateway_upstream_errors_total{{kind=connect,upstream={dead}}}"] == 1
-    assert samples[f"gateway_requests_total{{method=GET,route={dead_route},status_class=5xx}}"] == 1
-    assert samples["gateway_requests_total{method=GET,route=unmatched,status_class=4xx}"] >= 1
+    assert (
+        samples[
+            f"gateway_requests_total{{method=GET,protocol=http1,route={dead_route},status_class=5xx}}"
+        ]
+        == 1
+    )
+    assert (
+        samples[
+            "gateway_requests_total{method=GET,protocol=http1,route=unmatched,status_class=4xx}"
+        ]
+        >= 1
+    )
     assert any(key.startswith("gateway_build_info{") for key in samples)
     assert "gateway_inflight_requests{}" in samples
     assert "gateway_connections{}" in samples
@@ -103,7 +113,12 @@ async def test_method_label_stays_low_cardinality(
             async with client.request(method, f"http://{LOCAL}:{gateway.address[1]}/") as r:
                 assert r.status == 200
         samples = await scrape(client, gateway)
-    assert samples[f"gateway_requests_total{{method=other,route={route},status_class=2xx}}"] == 3
+    assert (
+        samples[
+            f"gateway_requests_total{{method=other,protocol=http1,route={route},status_class=2xx}}"
+        ]
+        == 3
+    )
     assert not any("method=PROPFIND" in key for key in samples)
 
 
@@ -283,7 +298,7 @@ async def test_requests_after_a_client_gone_mid_response_are_still_counted(
         gateway = await start(replace(config, admin=AdminConfig(ListenAddress(LOCAL, 0))))
         gateways.append(gateway)
         port = gateway.address[1]
-        key = f"gateway_requests_total{{method=GET,route={route},status_class=2xx}}"
+        key = f"gateway_requests_total{{method=GET,protocol=http1,route={route},status_class=2xx}}"
         async with aiohttp.ClientSession() as client:
             for _ in range(2):
                 # A client that reads part of the big answer and resets the connection.

@@ -37,9 +37,9 @@ def test_flushed_histogram_equals_direct_observations(values: list[float]) -> No
         assert got == expected[le]
     total = sample("gateway_request_duration_seconds_sum", route=route)
     assert abs(total - sum(values)) <= 1e-9 * max(1.0, sum(values))
-    assert sample("gateway_requests_total", route=route, method="GET", status_class="2xx") == len(
-        values
-    )
+    assert sample(
+        "gateway_requests_total", route=route, method="GET", status_class="2xx", protocol="http1"
+    ) == len(values)
 
 
 def test_flush_publishes_once_and_resets() -> None:
@@ -52,7 +52,16 @@ def test_flush_publishes_once_and_resets() -> None:
     batched.flush()
     batched.flush()  # nothing new: nothing added twice
     assert method_label("BREW") == "other"
-    assert sample("gateway_requests_total", route=route, method="other", status_class="5xx") == 1
+    assert (
+        sample(
+            "gateway_requests_total",
+            route=route,
+            method="other",
+            status_class="5xx",
+            protocol="http1",
+        )
+        == 1
+    )
     assert sample("gateway_upstream_errors_total", upstream=upstream, kind="timeout") == 2
     assert sample("gateway_upstream_request_duration_seconds_count", upstream=upstream) == 1
 
