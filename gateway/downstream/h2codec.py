@@ -36,6 +36,7 @@ from h2.events import (
 )
 from h2.exceptions import ProtocolError, StreamClosedError
 from h2.settings import SettingCodes
+from hyperframe.frame import GoAwayFrame
 
 from gateway.config.model import Http2Config
 
@@ -135,7 +136,7 @@ class Ping(Event):
 class H2Codec:
     """One server-side HTTP/2 connection's state machine and frame buffers."""
 
-    __slots__ = ("_buffer", "_conn", "_max_frame", "_max_header_block")
+    __slots__ = ("_buffer", "_conn", "_extra", "_max_frame", "_max_header_block")
 
     def __init__(self, settings: Http2Config) -> None:
         config = H2Configuration(
@@ -153,6 +154,8 @@ class H2Codec:
         self._max_frame = settings.max_frame_size
         self._max_header_block = settings.max_header_list_size
         self._buffer = conn.incoming_buffer
+        # Frames written here rather than by h2 (`graceful_goaway`).
+        self._extra = b""
 
     def start(self, connection_window: int) -> None:
         """Queue the server preface (SETTINGS) and open the connection's receive window to
@@ -253,9 +256,23 @@ class H2Codec:
             self._conn.reset_stream(stream_id, code)
 
     def goaway(self, code: int, last_stream_id: int | None = None) -> None:
-        """Queue GOAWAY; streams up to ``last_stream_id`` (default: the last one opened) go on."""
+        """Queue GOAWAY for a connection that ends now (an error): nothing more is sent."""
         with contextlib.suppress(ProtocolError):  # already closed
             self._conn.close_connection(code, last_stream_id=last_stream_id)
+
+    def graceful_goaway(self) -> int:
+        """Queue GOAWAY NO_ERROR naming the last stream opened, which is returned; the streams
+        up to it are still answered (RFC 9113 §6.8).
+
+        Written here rather than by h2: h2's state machine refuses to send anything once it
+        sent GOAWAY, open streams included.
+        """
+        last = self._conn.highest_inbound_stream_id
+        frame = GoAwayFrame(0)
+        frame.last_stream_id = last
+        frame.error_code = NO_ERROR
+        self._extra += frame.serialize()
+        return last
 
     def ack(self, stream_id: int, size: int) -> None:
         """``size`` received bytes of ``stream_id`` were consumed: reopen that much window."""
@@ -284,7 +301,12 @@ class H2Codec:
         return self._conn.highest_inbound_stream_id
 
     def outgoing(self) -> bytes:
-        return self._conn.data_to_send()
+        data: bytes = self._conn.data_to_send()
+        extra = self._extra
+        if extra:
+            self._extra = b""
+            return data + extra
+        return data
 
 
 def _apply_local_settings(conn: H2Connection, settings: Http2Config) -> None:

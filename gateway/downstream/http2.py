@@ -444,8 +444,14 @@ class Http2Connection(asyncio.Protocol):
                 if self._closed:
                     return
             elif kind is h2codec.GoAway:
-                self._draining = True
+                # The client is leaving. h2 sends nothing after a GOAWAY either way (its
+                # state machine closes), so open streams cannot be answered: close.
                 self._goaway_sent = True
+                for stream in self._streams.values():
+                    stream.gone()
+                self._flush()
+                self.close()
+                return
         if self._codec.in_header_block:
             if self._block_deadline is None:
                 self._block_deadline = deadline = self.loop.time() + self.limits.header_read
@@ -487,14 +493,18 @@ class Http2Connection(asyncio.Protocol):
 
     def _request(self, event: h2codec.RequestHeaders) -> None:
         stream_id = event.stream_id
-        if self._goaway_sent or self._running >= self.settings.max_concurrent_streams:
-            # After GOAWAY no stream is answered; beyond the concurrency cap (reset streams
-            # whose handlers still run count) the client must retry later.
+        if self._goaway_sent:
+            # Sent before the client saw our GOAWAY: it retries it elsewhere (§6.8).
+            self._codec.reset(stream_id, h2codec.REFUSED_STREAM)
+            return
+        if self._running >= self.settings.max_concurrent_streams:
+            # Beyond the concurrency cap (reset streams whose handlers still run count): the
+            # client must retry later, and the refusal spends its reset budget.
             self.provoked_reset(stream_id, h2codec.REFUSED_STREAM)
             return
         self.requests_served += 1
         if self.requests_served >= self.settings.max_requests_per_connection:
-            self._goaway(h2codec.NO_ERROR)
+            self._goaway()
         self._idle_deadline = None
         self._first_deadline = None
         stream = H2Stream(self, stream_id)
@@ -747,10 +757,11 @@ class Http2Connection(asyncio.Protocol):
 
     # ------------------------------------------------------------------------- closing
 
-    def _goaway(self, code: int) -> None:
+    def _goaway(self) -> None:
+        """A graceful GOAWAY: streams already open are answered, new ones refused."""
         if not self._goaway_sent:
             self._goaway_sent = True
-            self._codec.goaway(code)
+            self._codec.graceful_goaway()
             self._schedule_flush()
 
     def _connection_error(self, code: int, message: str) -> None:
@@ -780,7 +791,7 @@ class Http2Connection(asyncio.Protocol):
         """Shutting down or reloading: GOAWAY now; streams already open finish (within the
         drain time, `GatewayServer.shutdown`)."""
         self._draining = True
-        self._goaway(h2codec.NO_ERROR)
+        self._goaway()
         self._flush()
         if not self._streams and self._running == 0:
             self.close()
@@ -828,7 +839,7 @@ class Http2Connection(asyncio.Protocol):
                 return
         idle = self._idle_deadline
         if idle is not None and idle <= now and not self._streams and self._running == 0:
-            self._goaway(h2codec.NO_ERROR)
+            self._goaway()
             self.close()
             return
         wake = math.inf
