@@ -55,7 +55,12 @@ def _missing_keys(cls: type[object], written: object, where: str) -> list[str]:
         options = [arg for arg in typing.get_args(kind) if arg is not type(None)]
         if len(options) == 1 and isinstance(written[field.name], dict):
             kind = options[0]
-        if is_dataclass(kind) and not issubclass(kind, _SCALARS):  # type: ignore[arg-type]
+        item = typing.get_args(kind)[0] if typing.get_origin(kind) is tuple else None
+        if isinstance(item, type) and is_dataclass(item) and not issubclass(item, _SCALARS):
+            # A list of sections (server.listeners): its first item shows every key.
+            if written[field.name]:
+                missing += _missing_keys(item, written[field.name][0], f"{path}[0]")
+        elif is_dataclass(kind) and not issubclass(kind, _SCALARS):  # type: ignore[arg-type]
             missing += _missing_keys(kind, written[field.name], path)  # type: ignore[arg-type]
     return missing
 
