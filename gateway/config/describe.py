@@ -24,8 +24,14 @@ The canonical form behind `config_hash` and the comparisons of `diff_configs` ke
 changes the gateway's behaviour and drops what does not: upstreams (and header conditions) are
 mappings in YAML, so their order is dropped; routes are taken in precedence order, so moving a
 route in the file matters only among routes with the same host and path prefix, where the file
-order decides; lists (targets, trusted proxies) keep their order. So
+order decides; lists (targets, trusted proxies, listeners) keep their order. So
 ``diff_configs(new, old) == []`` exactly when ``config_hash(new) == config_hash(old)``.
+
+Listeners (and a TLS listener's SNI certificates) are compared item by item:
+``~ server.listeners[0].tls.cert a.crt -> b.crt``. A listener's address, or a listener added or
+removed, needs a restart; while the addresses stay the same, everything else about the
+listeners applies on a reload, and once they differ nothing does (the supervisor keeps the old
+listeners whole), so then every listener change is marked ``(needs restart)``.
 """
 
 from __future__ import annotations
@@ -52,6 +58,7 @@ from gateway.config.model import (
     RouteConfig,
     StatusRanges,
     Target,
+    TlsConfig,
     UpstreamConfig,
 )
 from gateway.routing import Router
@@ -79,32 +86,47 @@ _SECRET_NAME = re.compile(
 _USERINFO = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@")
 # Dataclasses shown as one value rather than walked field by field.
 _SCALARS = (ListenAddress, Target, HeaderMatch, Rate)
-# Changes a hot reload cannot apply: the listening sockets and the worker processes.
-# What a reload cannot apply: the listeners and the worker count, the supervisor's admin
-# listener (address, token guard, metrics switch) and the log level (logging is configured once
-# per process). Everything else, server limits and timeouts included, applies to new connections.
-_NEEDS_RESTART: Final = ("server.listen", "server.workers", "admin.", "logging.level")
+# What a reload cannot apply: the worker count, the supervisor's admin listener (address, token
+# guard, metrics switch) and the log level (logging is configured once per process). Everything
+# else, server limits and timeouts included, applies to new connections.
+_NEEDS_RESTART: Final = ("server.workers", "admin.", "logging.level")
+# The listening sockets are bound once: a listener's address, and a listener added or removed.
+_LISTENER_ADDRESS: Final = re.compile(r"server\.listeners(?:\[[0-9]+\](?:\.listen)?)?")
 
 
 def needs_restart(path: str) -> bool:
-    """Whether a change of the setting at ``path`` (``server.listen``...) needs a restart."""
-    return any(
+    """Whether a change of the setting at ``path`` (``server.workers``...) needs a restart.
+
+    A listener's other settings (certificates, http2) apply on a reload, but only while the
+    listener addresses stay the same: `restart_only_changes` knows that relation.
+    """
+    return _LISTENER_ADDRESS.fullmatch(path) is not None or any(
         path == key or (key.endswith(".") and path.startswith(key)) for key in _NEEDS_RESTART
     )
 
 
 def restart_only_changes(new: GatewayConfig, old: GatewayConfig) -> list[str]:
     """The paths of the settings that differ and that only a restart applies."""
-    paths: list[str] = []
+    return [path for path, _, _, restart in _top_level_changes(new, old) if restart]
+
+
+def _top_level_changes(new: GatewayConfig, old: GatewayConfig) -> list[tuple[str, str, str, bool]]:
+    """``(path, old, new, needs restart)`` for each changed setting outside upstreams and routes."""
+    # The supervisor keeps the old listeners whole when their addresses differ
+    # (`gateway.supervisor.keep_restart_only`): then none of their changes applies either.
+    rebound = [listener.listen for listener in new.server.listeners] != [
+        listener.listen for listener in old.server.listeners
+    ]
+    found: list[tuple[str, str, str, bool]] = []
     for field in dataclasses.fields(new):
         if field.name in ("upstreams", "routes"):
             continue
-        for path, _, _ in _changes(
+        for path, before, after in _changes(
             getattr(old, field.name, None), getattr(new, field.name), type(new), field.name
         ):
-            if needs_restart(path):
-                paths.append(path)
-    return paths
+            restart = needs_restart(path) or (rebound and path.startswith("server.listeners"))
+            found.append((path, before, after, restart))
+    return found
 
 
 _UNITS: Final = unit_fields()
@@ -168,15 +190,10 @@ def diff_configs(new: GatewayConfig, old: GatewayConfig) -> list[str]:
     ``+`` added, ``-`` removed, ``~`` changed. Changes a reload cannot apply end in
     ``(needs restart)``. Secrets show as ``<redacted>`` (a changed token is still listed).
     """
-    lines: list[str] = []
-    for field in dataclasses.fields(new):
-        if field.name in ("upstreams", "routes"):
-            continue
-        for path, before, after in _changes(
-            getattr(old, field.name, None), getattr(new, field.name), type(new), field.name
-        ):
-            restart = " (needs restart)" if needs_restart(path) else ""
-            lines.append(f"~ {path} {before} -> {after}{restart}")
+    lines = [
+        f"~ {path} {before} -> {after}{' (needs restart)' if restart else ''}"
+        for path, before, after, restart in _top_level_changes(new, old)
+    ]
     lines += _diff_upstreams(new, old)
     lines += _diff_routes(new, old)
     return lines
@@ -244,12 +261,23 @@ def _config_tree(config: GatewayConfig, *, redact: bool, canonical: bool) -> dic
 def _fields_tree(value: Any, *, redact: bool, canonical: bool, skip: str = "") -> dict[str, Json]:
     cls = type(value)
     return {
-        field.name: _tree(
-            getattr(value, field.name), cls, field.name, redact=redact, canonical=canonical
-        )
-        for field in dataclasses.fields(value)
-        if field.name != skip
+        name: _tree(item, cls, name, redact=redact, canonical=canonical)
+        for name, item in _yaml_fields(value)
+        if name != skip
     }
+
+
+def _yaml_fields(value: Any) -> list[tuple[str, Any]]:
+    """A section's ``(key, value)`` pairs as the YAML writes them.
+
+    Only `TlsConfig` differs from its fields: the YAML writes its default certificate as `cert`
+    and `key` in the tls mapping itself (the loader never gives that certificate names).
+    """
+    pairs = [(field.name, getattr(value, field.name)) for field in dataclasses.fields(value)]
+    if isinstance(value, TlsConfig):
+        default = value.default
+        return [("cert", default.cert), ("key", default.key), *pairs[1:]]
+    return pairs
 
 
 def _tree(
@@ -329,6 +357,9 @@ def _render(value: object, owner: type[Any] | None, name: str) -> str:
         return format_duration(value)
     if kind == "size" and isinstance(value, int):
         return format_size(value)
+    if isinstance(value, float):
+        # A plain rate (reset_budget.per_second): 20, not 20.0, as an operator writes it.
+        return str(int(value)) if value.is_integer() else repr(value)
     if isinstance(value, str):
         return _redact_url(value) if value else '""'
     if isinstance(value, HeaderMatch):
@@ -358,8 +389,7 @@ def _flow_list(items: Iterable[str]) -> str:
 def _key_values(value: Any, between: str = "=", separator: str = " ") -> str:
     cls = type(value)
     return separator.join(
-        f"{field.name}{between}{_render(getattr(value, field.name), cls, field.name)}"
-        for field in dataclasses.fields(value)
+        f"{name}{between}{_render(item, cls, name)}" for name, item in _yaml_fields(value)
     )
 
 
@@ -410,21 +440,28 @@ def _is_section(value: object) -> bool:
     )
 
 
+def _sections(value: object) -> typing.TypeGuard[tuple[Any, ...]]:
+    """A tuple of sections (possibly empty), such as `ServerConfig.listeners`."""
+    return isinstance(value, tuple) and all(_is_section(item) for item in value)
+
+
 def _changes(
     old: object, new: object, owner: type[Any], name: str, path: str = ""
 ) -> list[tuple[str, str, str]]:
     """``(path, old, new)`` for each changed field, walking nested sections field by field."""
     path = path or name
+    found: list[tuple[str, str, str]] = []
     if _is_section(old) and _is_section(new) and type(old) is type(new):
-        found: list[tuple[str, str, str]] = []
-        for field in dataclasses.fields(new):  # type: ignore[arg-type]
-            found += _changes(
-                getattr(old, field.name, None),
-                getattr(new, field.name),
-                type(new),
-                field.name,
-                f"{path}.{field.name}",
-            )
+        for (key, before), (_, after) in zip(_yaml_fields(old), _yaml_fields(new), strict=True):
+            found += _changes(before, after, type(new), key, f"{path}.{key}")
+        return found
+    if _sections(old) and _sections(new) and (old or new):
+        # Listeners, SNI certificates: item by item, so a changed certificate path is one line
+        # rather than the whole list twice; an item only one side has is `unset` on the other.
+        for index in range(max(len(old), len(new))):
+            before = old[index] if index < len(old) else None
+            after = new[index] if index < len(new) else None
+            found += _changes(before, after, owner, name, f"{path}[{index}]")
         return found
     if _same(old, new, owner, name):
         return []

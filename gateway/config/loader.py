@@ -15,8 +15,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import ipaddress
+import math
 import os
 import re
+import ssl
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -25,6 +27,8 @@ import yaml
 
 from gateway.config.model import (
     DEFAULT_RATE_LIMIT_KEYS,
+    KIB,
+    MIB,
     AdminConfig,
     CacheConfig,
     CacheSettings,
@@ -118,6 +122,15 @@ def _parse(
     # upstream has other problems, so one typo is not reported twice.
     if isinstance(document, dict) and isinstance(document.get("upstreams"), dict):
         ctx.upstream_names = [str(name) for name in document["upstreams"]] or None
+    server = document.get("server") if isinstance(document, dict) else None
+    if isinstance(server, dict):
+        proxies, listeners = server.get("trusted_proxies", []), server.get("listeners", [])
+        ctx.trusted_proxies = bool(proxies) if isinstance(proxies, list) else None
+        ctx.any_tls = (
+            any(isinstance(item, dict) and item.get("tls") is not None for item in listeners)
+            if isinstance(listeners, list)
+            else None
+        )
     config = _run(_GATEWAY, {} if document is None else document, "", ctx)
     if ctx.problems:
         raise ConfigError(ctx.problems)
@@ -191,6 +204,15 @@ class _Context:
         self.route_names: dict[str, str] = {}
         # Routes that do not set `rate_limit` (they get server.rate_limit), by name.
         self.rate_limit_inherited: set[str] = set()
+        # Read from the document before conversion, like upstream_names, so that a listener is
+        # checked against them even when it or they have other problems: whether
+        # server.trusted_proxies lists any proxy, and whether any listener has a tls block
+        # (None: not a list, so unknown).
+        self.trusted_proxies: bool | None = False
+        self.any_tls: bool | None = False
+        # How problems name each listener's address: "server.listen" for the one-liner (and
+        # the default), else "server.listeners[i].listen".
+        self.listen_paths: list[str] = ["server.listen"]
 
     def problem(self, path: str, message: str) -> None:
         self.problems.append(f"{path or '(top level)'}: {message}")
@@ -322,9 +344,10 @@ def _list_of(
     *,
     plural: str | None = None,
     allow_empty: bool = False,
+    most: int | None = None,
     check: Callable[[list[tuple[int, Any]], str, _Context], None] | None = None,
 ) -> Converter:
-    """A YAML list converted item by item into a tuple.
+    """A YAML list converted item by item into a tuple, of at most ``most`` items.
 
     ``check`` sees the valid items with their indices, so relations between items (duplicates,
     shadowing) are reported in the same run as problems with other items.
@@ -337,6 +360,8 @@ def _list_of(
             )
         if not value and not allow_empty:
             raise _BadValueError(f"at least one {what} is required")
+        if most is not None and len(value) > most:
+            raise _BadValueError(f"at most {most} {plural or what + 's'}, got {len(value)}")
         before = len(ctx.problems)
         results = [_run(item, element, f"{path}[{i}]", ctx) for i, element in enumerate(value)]
         if check is not None:
@@ -1326,12 +1351,14 @@ def _finish_gateway(kwargs: dict[str, Any], given: set[str], path: str, ctx: _Co
         return  # an invalid section is reported already; do not compare with a default
     server: ServerConfig = kwargs.get("server", ServerConfig())
     admin: AdminConfig = kwargs.get("admin", AdminConfig())
-    if _overlaps(server.listen, admin.listen):
-        ctx.problem(
-            "admin.listen",
-            f"{admin.listen} overlaps server.listen ({server.listen}):"
-            " the admin endpoints never share the public port",
-        )
+    for listener, where in zip(server.listeners, ctx.listen_paths, strict=True):
+        if _overlaps(listener.listen, admin.listen):
+            ctx.problem(
+                "admin.listen",
+                f"{admin.listen} overlaps {where} ({listener.listen}):"
+                " the admin endpoints never share a public port",
+            )
+            break
     if admin.token is None and not _is_loopback(admin.listen.host):
         ctx.problem(
             "admin.token",
@@ -1367,35 +1394,177 @@ def _is_loopback(host: str) -> bool:
         return host == "localhost"
 
 
+# --- Listeners: TLS, HTTP/2, PROXY protocol --------------------------------------------------
+
+# Each listener is a socket in every worker and a port the supervisor reserves; more than a few
+# is a mistake (a port range written out), and 16 leaves room for any real layout.
+MAX_LISTENERS: Final = 16
+
+
 def _positive_number(value: object, path: str, ctx: _Context) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+    if isinstance(value, _FromEnv) and re.fullmatch(r"[0-9]+(?:\.[0-9]+)?", value):
+        value = float(value)
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not math.isfinite(value)
+        or not value > 0
+    ):
         raise _BadValueError(f"expected a number above 0, got {_describe(value)}")
     return float(value)
 
 
+def _within(convert: Converter, low: int, high: int, bounds: str) -> Converter:
+    """``convert``'s number, refused outside ``low``..``high``; ``bounds`` says so in words.
+
+    ``convert`` stays a closure cell, so `unit_fields` still finds a `_size` wrapped this way.
+    """
+
+    def within(value: object, path: str, ctx: _Context) -> Any:
+        number = convert(value, path, ctx)
+        if not low <= number <= high:
+            raise _BadValueError(f"must be {bounds}, got {_describe(value)}")
+        return number
+
+    return within
+
+
 def _tls_version(value: object, path: str, ctx: _Context) -> str:
-    # YAML reads a bare 1.2 as a float.
-    text = f"{value:.1f}" if isinstance(value, float) else _string(value)
+    # YAML reads a bare 1.2 as a float; repr gives it back as written (1.25 stays "1.25").
+    text = repr(value) if isinstance(value, float) else _string(value)
     if text not in ("1.2", "1.3"):
         raise _BadValueError(f"expected '1.2' or '1.3', got {_describe(value)}")
     return text
 
 
+def _ciphers(value: object, path: str, ctx: _Context) -> str:
+    text = _string(value)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.set_ciphers(text)
+    except ssl.SSLError:
+        raise _BadValueError(
+            f"OpenSSL selects no cipher from {_describe(value)} (try it with `openssl ciphers`)"
+        ) from None
+    # "HIGH" or "ALL" alone bring anonymous (aNULL) and unencrypted (eNULL) suites along:
+    # harmless with browsers, which never offer them, but never what an edge should accept.
+    weak = [
+        suite["name"]
+        for suite in context.get_ciphers()
+        if suite["auth"] == "auth-null" or suite["symmetric"] is None
+    ]
+    if weak:
+        shown = ", ".join(weak[:3]) + (", ..." if len(weak) > 3 else "")
+        raise _BadValueError(
+            f"selects suites without authentication or encryption ({shown}): add ':!aNULL:!eNULL'"
+        )
+    return text
+
+
+_PEM_CERTIFICATE: Final = re.compile(rb"-----BEGIN CERTIFICATE-----")
+_PEM_PRIVATE_KEY: Final = re.compile(rb"-----BEGIN (?:[A-Z]+ )?PRIVATE KEY-----")
+# "(_ssl.c:3926)" after OpenSSL's reason says where in CPython it was raised: noise here.
+_SSL_SOURCE: Final = re.compile(r"\s*\(_ssl\.c:[0-9]+\)$")
+
+
+class _KeyIsEncryptedError(Exception):
+    """Raised by the password callback: the private key asked for a passphrase."""
+
+
+def _no_passphrase() -> str:
+    # Without a callback OpenSSL would prompt on the terminal, and a worker has none.
+    raise _KeyIsEncryptedError
+
+
+def _check_certificate(cert: str, key: str, path: str, ctx: _Context) -> None:
+    """Load ``cert`` and ``key`` as a worker will, each problem named under ``path``.
+
+    A file without the PEM block it should hold is named by its own key; OpenSSL's "PEM lib"
+    would not say which of the two it is. The pair is loaded as a worker loads it, so a key
+    that does not match its certificate is reported here rather than when a worker starts.
+    """
+    ok = True
+    for name, file, pattern, what in (
+        ("cert", cert, _PEM_CERTIFICATE, "PEM certificate ('-----BEGIN CERTIFICATE-----')"),
+        ("key", key, _PEM_PRIVATE_KEY, "PEM private key ('-----BEGIN PRIVATE KEY-----')"),
+    ):
+        try:
+            data = Path(file).read_bytes()
+        except OSError as exc:
+            ctx.problem(_key(path, name), f"cannot read {file!r}: {exc.strerror}")
+            ok = False
+            continue
+        if pattern.search(data) is None:
+            ctx.problem(_key(path, name), f"no {what} in {file!r}")
+            ok = False
+    if not ok:
+        return
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(cert, key, password=_no_passphrase)
+    except _KeyIsEncryptedError:
+        ctx.problem(
+            _key(path, "key"),
+            f"{key!r} is encrypted: the gateway reads private keys without a passphrase"
+            " (write it out unencrypted, e.g. with `openssl pkey`, readable only by the gateway)",
+        )
+    except ssl.SSLError as exc:
+        reason = _SSL_SOURCE.sub("", str(exc.args[-1]))
+        ctx.problem(_key(path, "cert"), f"does not load with its key {key!r}: {reason}")
+
+
+def _server_name(value: object, path: str, ctx: _Context) -> str:
+    # Names compare case-insensitively; a wildcard stands for exactly one leftmost label
+    # (RFC 6125 §6.4.3), as the certificates it picks are matched by clients.
+    text = _string(value).lower()
+    name = text.removeprefix("*.")
+    if not _valid_hostname(name):
+        raise _BadValueError(
+            "expected a host name such as 'api.example.com' or a wildcard such as"
+            f" '*.example.com', got {_describe(value)}"
+        )
+    if name.rsplit(".", 1)[-1].isdigit():
+        raise _BadValueError(
+            f"SNI never carries an IP address (RFC 6066 §3), got {_describe(value)}"
+        )
+    return text
+
+
+def _check_server_names(valid: list[tuple[int, TlsCertificate]], path: str, ctx: _Context) -> None:
+    # A name in two entries would leave the certificate it gets to the order of the list.
+    first: dict[str, int] = {}
+    for index, certificate in valid:
+        for position, name in enumerate(certificate.server_names):
+            if name in first:
+                ctx.problem(
+                    f"{path}[{index}].server_names[{position}]",
+                    f"{name!r} is already in {path}[{first[name]}].server_names",
+                )
+            first.setdefault(name, index)
+
+
 def _finish_tls(kwargs: dict[str, Any], given: set[str], path: str, ctx: _Context) -> None:
     cert = kwargs.pop("cert", None)
     key = kwargs.pop("key", None)
+    for name in ("cert", "key"):
+        if name not in given:
+            ctx.problem(_key(path, name), "missing required key")
     if cert is None or key is None:
-        if "cert" not in given or "key" not in given:
-            ctx.problem(
-                _key(path, "cert" if "cert" not in given else "key"), "missing required key"
-            )
-        return
+        return  # missing, or reported by _ca_file
+    _check_certificate(cert, key, path, ctx)
     kwargs["default"] = TlsCertificate(cert=cert, key=key)
+    if kwargs.get("ciphers") is not None and kwargs.get("min_version") == "1.3":
+        ctx.problem(
+            _key(path, "ciphers"),
+            "sets the TLS 1.2 suites, and min_version: '1.3' refuses TLS 1.2: remove one",
+        )
 
 
 def _finish_sni(kwargs: dict[str, Any], given: set[str], path: str, ctx: _Context) -> None:
     if "server_names" not in given:
         ctx.problem(_key(path, "server_names"), "missing required key")
+    if "cert" in kwargs and "key" in kwargs:
+        _check_certificate(kwargs["cert"], kwargs["key"], path, ctx)
 
 
 _SNI_CERTIFICATE = _Section(
@@ -1403,7 +1572,7 @@ _SNI_CERTIFICATE = _Section(
     {
         "cert": _ca_file,
         "key": _ca_file,
-        "server_names": _list_of(lambda v, p, c: _string(v).lower(), "server name"),
+        "server_names": _list_of(_server_name, "server name", check=_no_duplicates("server name ")),
     },
     finish=_finish_sni,
 )
@@ -1411,28 +1580,76 @@ _SNI_CERTIFICATE = _Section(
 _TLS = _Section(
     TlsConfig,
     {
-        "sni": _list_of(_SNI_CERTIFICATE, "certificate", allow_empty=True),
+        "sni": _list_of(
+            _SNI_CERTIFICATE, "certificate", allow_empty=True, check=_check_server_names
+        ),
         "min_version": _tls_version,
-        "ciphers": _optional(lambda v, p, c: _string(v)),
+        "ciphers": _optional(_ciphers),
     },
     injected=("default",),
     aliases={"cert": _ca_file, "key": _ca_file},
     finish=_finish_tls,
 )
 
+
+def _finish_http2(kwargs: dict[str, Any], given: set[str], path: str, ctx: _Context) -> None:
+    if kwargs.get("h2c") and kwargs.get("enabled") is False:
+        ctx.problem(_key(path, "h2c"), "h2c is HTTP/2 over cleartext: it needs enabled: true")
+
+
 _HTTP2 = _Section(
     Http2Config,
     {
         "enabled": _boolean,
         "h2c": _boolean,
-        "max_concurrent_streams": _count,
-        "max_header_list_size": _size,
-        "max_frame_size": _size,
-        "initial_window_size": _size,
+        # Each open stream holds a request's state and a receive window.
+        "max_concurrent_streams": _within(_count, 1, 10_000, "from 1 to 10000"),
+        # Below 4 KiB ordinary browser requests (cookies) no longer fit; the decoded list is
+        # held whole, so it is bounded like server.limits.
+        "max_header_list_size": _within(_size, 4 * KIB, 16 * MIB, "from 4KiB to 16MiB"),
+        # RFC 9113 §6.5.2: 2^14 to 2^24-1.
+        "max_frame_size": _within(
+            _size, 16 * KIB, 16 * MIB - 1, "from 16KiB to 16777215B (RFC 9113 §6.5.2)"
+        ),
+        # RFC 9113 §6.5.2 allows 1 byte to 2^31-1; a window below 1 KiB turns a request body
+        # into a WINDOW_UPDATE for every few bytes.
+        "initial_window_size": _within(
+            _size, KIB, 2**31 - 1, "from 1KiB to 2147483647B (2^31-1, RFC 9113 §6.5.2)"
+        ),
         "max_requests_per_connection": _count,
         "reset_budget": _Section(ResetBudget, {"burst": _count, "per_second": _positive_number}),
     },
+    finish=_finish_http2,
 )
+
+
+def _finish_listener(kwargs: dict[str, Any], given: set[str], path: str, ctx: _Context) -> None:
+    # A tls block with problems of its own still says this listener is meant to serve TLS.
+    has_tls = kwargs.get("tls") is not None or ("tls" in given and "tls" not in kwargs)
+    http2: Http2Config = kwargs.get("http2", Http2Config())
+    if has_tls and http2.h2c:
+        ctx.problem(
+            _key(path, "http2.h2c"),
+            "h2c is HTTP/2 over cleartext; a TLS listener negotiates h2 by ALPN",
+        )
+    if kwargs.get("redirect_to_https"):
+        if has_tls:
+            ctx.problem(
+                _key(path, "redirect_to_https"),
+                "this listener has tls: it serves https itself (redirect from a cleartext one)",
+            )
+        elif ctx.any_tls is False:
+            ctx.problem(
+                _key(path, "redirect_to_https"),
+                "no listener has tls: there is no https listener to redirect to",
+            )
+    if kwargs.get("proxy_protocol") and ctx.trusted_proxies is False:
+        ctx.problem(
+            _key(path, "proxy_protocol"),
+            "needs server.trusted_proxies: the PROXY header is accepted only from a trusted"
+            " proxy, so every connection would be refused",
+        )
+
 
 _LISTENER = _Section(
     ListenerConfig,
@@ -1443,7 +1660,19 @@ _LISTENER = _Section(
         "proxy_protocol": _boolean,
         "redirect_to_https": _boolean,
     },
+    finish=_finish_listener,
 )
+
+
+def _check_listeners(valid: list[tuple[int, ListenerConfig]], path: str, ctx: _Context) -> None:
+    for later, (index, listener) in enumerate(valid):
+        for other, earlier in valid[:later]:
+            if _overlaps(listener.listen, earlier.listen):
+                ctx.problem(
+                    f"{path}[{index}].listen",
+                    f"{listener.listen} overlaps {path}[{other}].listen ({earlier.listen})",
+                )
+                break
 
 
 def _finish_server(kwargs: dict[str, Any], given: set[str], path: str, ctx: _Context) -> None:
@@ -1456,7 +1685,12 @@ def _finish_server(kwargs: dict[str, Any], given: set[str], path: str, ctx: _Con
         return
     if listen is not None:
         kwargs["listeners"] = (ListenerConfig(listen),)
+    elif "listeners" in kwargs:
+        where = _key(path, "listeners")
+        ctx.listen_paths = [f"{where}[{i}].listen" for i in range(len(kwargs["listeners"]))]
 
+
+# --- The whole file --------------------------------------------------------------------------
 
 _GATEWAY = _Section(
     GatewayConfig,
@@ -1466,7 +1700,9 @@ _GATEWAY = _Section(
         "server": _Section(
             ServerConfig,
             {
-                "listeners": _list_of(_LISTENER, "listener"),
+                "listeners": _list_of(
+                    _LISTENER, "listener", most=MAX_LISTENERS, check=_check_listeners
+                ),
                 "workers": _workers,
                 "trusted_proxies": _list_of(
                     _network, "address", plural="addresses", allow_empty=True

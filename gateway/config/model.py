@@ -107,10 +107,12 @@ class Http2Config:
     # On a cleartext listener: the client preface selects HTTP/2 with prior knowledge
     # (RFC 9113 §3.3). `Upgrade: h2c` is never honoured (RFC 9113 §3.1 deprecates it).
     h2c: bool = False
+    # Streams open at once on one connection (the loader allows 1 to 10,000).
     max_concurrent_streams: int = 100
     # The decoded header list (RFC 9113 §6.5.2 SETTINGS_MAX_HEADER_LIST_SIZE); a block beyond it
     # ends the connection with GOAWAY ENHANCE_YOUR_CALM.
     max_header_list_size: int = 64 * KIB
+    # The largest frame the gateway accepts: 16 KiB to 16 MiB - 1 (RFC 9113 §6.5.2).
     max_frame_size: int = 16 * KIB
     # Each stream's receive window: a request body buffers at most this much before the
     # route's chain takes it (the window reopens only as it does).
@@ -125,10 +127,11 @@ class ListenerConfig:
     listen: ListenAddress
     tls: TlsConfig | None = None
     http2: Http2Config = field(default_factory=Http2Config)
-    # Read a PROXY protocol v1 or v2 header first (from server.trusted_proxies only): the
-    # address it carries is the client's.
+    # Read a PROXY protocol v1 or v2 header first (from server.trusted_proxies only, so the
+    # loader requires some): the address it carries is the client's.
     proxy_protocol: bool = False
-    # A cleartext listener answering every request with 308 to the same URL on https.
+    # A cleartext listener answering every request with 308 to the same URL on https (the
+    # loader requires another listener with tls).
     redirect_to_https: bool = False
 
     @property
@@ -144,9 +147,9 @@ DEFAULT_LISTENERS: Final = (ListenerConfig(ListenAddress("0.0.0.0", 8080)),)
 class ServerConfig:
     # The public listeners (YAML `server.listeners`, or `server.listen` for one plain one).
     listeners: tuple[ListenerConfig, ...] = DEFAULT_LISTENERS
-    # Worker processes accepting on `listen` with SO_REUSEPORT; "auto" is one per CPU core.
+    # Worker processes accepting on every listener with SO_REUSEPORT; "auto" is one per CPU core.
     workers: int | Literal["auto"] = 1
-    # CIDRs whose X-Forwarded-For / X-Forwarded-Proto are believed.
+    # CIDRs whose X-Forwarded-For / X-Forwarded-Proto, and PROXY protocol headers, are believed.
     trusted_proxies: tuple[IPNetwork, ...] = ()
     limits: ServerLimits = field(default_factory=ServerLimits)
     timeouts: ServerTimeouts = field(default_factory=ServerTimeouts)

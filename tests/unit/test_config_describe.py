@@ -9,6 +9,7 @@ import re
 import typing
 from collections.abc import Callable
 from dataclasses import MISSING, fields, is_dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,6 +23,7 @@ from gateway.config.describe import (
     format_duration,
     format_size,
     redacted_view,
+    restart_only_changes,
     route_table,
 )
 from gateway.config.loader import parse_config
@@ -37,10 +39,12 @@ from gateway.config.model import (
     RouteConfig,
     RouteMatch,
     Target,
+    TlsConfig,
     UpstreamConfig,
 )
 from gateway.config.units import parse_duration, parse_size
 from gateway.errors import ConfigError
+from tests.unit.tls_files import write_certificate
 
 TOKEN = "s3cr3t-admin-token-0123"
 HEADER_SECRET = "hunter2-header-secret"
@@ -122,6 +126,10 @@ def reverse(path: str) -> Edit:
         node[key] = dict(reversed(value.items())) if isinstance(value, dict) else value[::-1]
 
     return edit
+
+
+def listeners(*items: dict[str, Any]) -> Edit:
+    return put("server.listeners", list(items))
 
 
 def edited(*edits: Edit) -> dict[str, Any]:
@@ -291,7 +299,51 @@ DIFF_CASES: list[tuple[str, list[Edit], list[str]]] = [
     (
         "server-listen",
         [put("server.listen", "0.0.0.0:8081")],
-        ["~ server.listen 0.0.0.0:8080 -> 0.0.0.0:8081 (needs restart)"],
+        ["~ server.listeners[0].listen 0.0.0.0:8080 -> 0.0.0.0:8081 (needs restart)"],
+    ),
+    # server.listen is one plain listener: written as a list, nothing changes.
+    ("listen-as-listeners", [drop("server.listen"), listeners({"listen": ":8080"})], []),
+    (
+        "listener-settings",
+        [
+            drop("server.listen"),
+            listeners(
+                {
+                    "listen": ":8080",
+                    "http2": {"max_concurrent_streams": 50, "reset_budget": {"per_second": 5}},
+                    "proxy_protocol": True,
+                }
+            ),
+            put("server.trusted_proxies", ["10.0.0.0/8"]),
+        ],
+        # Applied on a reload: the addresses stay the same.
+        [
+            "~ server.listeners[0].http2.max_concurrent_streams 100 -> 50",
+            "~ server.listeners[0].http2.reset_budget.per_second 20 -> 5",
+            "~ server.listeners[0].proxy_protocol false -> true",
+            "~ server.trusted_proxies [] -> [10.0.0.0/8]",
+        ],
+    ),
+    (
+        "listener-added",
+        [drop("server.listen"), listeners({"listen": ":8080"}, {"listen": "127.0.0.1:8081"})],
+        [
+            "~ server.listeners[1] unset -> {listen: 127.0.0.1:8081, tls: unset, http2:"
+            " {enabled: true, h2c: false, max_concurrent_streams: 100, max_header_list_size:"
+            " 64KiB, max_frame_size: 16KiB, initial_window_size: 64KiB,"
+            " max_requests_per_connection: 1000, reset_budget: {burst: 200, per_second: 20}},"
+            " proxy_protocol: false, redirect_to_https: false} (needs restart)"
+        ],
+    ),
+    (
+        "listener-moved-and-changed",
+        # The supervisor keeps the old listeners whole when an address changes, so the h2c
+        # change is not applied either.
+        [drop("server.listen"), listeners({"listen": ":8081", "http2": {"h2c": True}})],
+        [
+            "~ server.listeners[0].listen 0.0.0.0:8080 -> 0.0.0.0:8081 (needs restart)",
+            "~ server.listeners[0].http2.h2c false -> true (needs restart)",
+        ],
     ),
     (
         "server-workers",
@@ -621,6 +673,93 @@ def test_later_secrets_are_redacted() -> None:
     )
 
 
+# --- Listeners --------------------------------------------------------------------------------
+
+
+def _tls_doc(tmp_path: Path, tls: dict[str, Any]) -> dict[str, Any]:
+    return edited(
+        drop("server.listen"),
+        listeners(
+            {"listen": ":8443", "tls": tls, "http2": {"max_frame_size": "32KiB"}},
+            {"listen": ":8080", "redirect_to_https": True},
+        ),
+    )
+
+
+def test_certificate_changes_apply_on_a_reload(tmp_path: Path) -> None:
+    cert, key = write_certificate(tmp_path, "old.crt", "old.key")
+    renewed, renewed_key = write_certificate(tmp_path, "new.crt", "new.key")
+    api_cert, api_key = write_certificate(tmp_path, "api.crt", "api.key", "api.example.com")
+    old = load(_tls_doc(tmp_path, {"cert": cert, "key": key}))
+    sni = [{"server_names": ["API.example.com"], "cert": api_cert, "key": api_key}]
+    tls = {"cert": renewed, "key": renewed_key, "sni": sni, "min_version": "1.3"}
+    new = load(_tls_doc(tmp_path, tls))
+    assert diff_configs(new, old) == [
+        f"~ server.listeners[0].tls.cert {cert} -> {renewed}",
+        f"~ server.listeners[0].tls.key {key} -> {renewed_key}",
+        f"~ server.listeners[0].tls.sni[0] unset -> {{cert: {api_cert}, key: {api_key},"
+        " server_names: [api.example.com]}",
+        "~ server.listeners[0].tls.min_version 1.2 -> 1.3",
+    ]
+    assert restart_only_changes(new, old) == []
+    assert config_hash(new) != config_hash(old)
+
+
+def test_a_changed_address_keeps_every_listener_until_a_restart(tmp_path: Path) -> None:
+    cert, key = write_certificate(tmp_path, "gw.crt", "gw.key")
+    old = load(_tls_doc(tmp_path, {"cert": cert, "key": key}))
+    doc = _tls_doc(tmp_path, {"cert": cert, "key": key, "min_version": "1.3"})
+    doc["server"]["listeners"][1]["listen"] = ":8000"
+    doc["server"]["workers"] = 2
+    new = load(doc)
+    assert restart_only_changes(new, old) == [
+        "server.listeners[0].tls.min_version",
+        "server.listeners[1].listen",
+        "server.workers",
+    ]
+    assert diff_configs(new, old) == [
+        "~ server.listeners[0].tls.min_version 1.2 -> 1.3 (needs restart)",
+        "~ server.listeners[1].listen 0.0.0.0:8080 -> 0.0.0.0:8000 (needs restart)",
+        "~ server.workers 1 -> 2 (needs restart)",
+    ]
+    fewer = edited(
+        drop("server.listen"),
+        listeners(
+            {
+                "listen": ":8443",
+                "tls": {"cert": cert, "key": key},
+                "http2": {"max_frame_size": "32KiB"},
+            }
+        ),
+    )
+    assert restart_only_changes(load(fewer), old) == ["server.listeners[1]"]
+
+
+def test_the_view_writes_tls_as_the_yaml_does(tmp_path: Path) -> None:
+    cert, key = write_certificate(tmp_path, "gw.crt", "gw.key")
+    api_cert, api_key = write_certificate(tmp_path, "api.crt", "api.key", "api.example.com")
+    sni = [{"server_names": ["api.example.com", "*.example.org"], "cert": api_cert, "key": api_key}]
+    tls = {"cert": cert, "key": key, "sni": sni, "ciphers": "ECDHE+AESGCM:!aNULL"}
+    view = redacted_view(load(_tls_doc(tmp_path, tls)))
+    server = view["server"]
+    assert isinstance(server, dict)
+    assert server["listeners"][0]["tls"] == {
+        "cert": cert,
+        "key": key,
+        "sni": [
+            {
+                "cert": api_cert,
+                "key": api_key,
+                "server_names": ["api.example.com", "*.example.org"],
+            }
+        ],
+        "min_version": "1.2",
+        "ciphers": "ECDHE+AESGCM:!aNULL",
+    }
+    assert server["listeners"][0]["http2"]["max_frame_size"] == 32 * KIB
+    assert server["listeners"][1]["redirect_to_https"] is True
+
+
 # --- redacted_view ----------------------------------------------------------------------------
 
 
@@ -645,7 +784,24 @@ def test_redacted_view() -> None:
     assert view["cache"] == {"max_bytes": 256 * MIB}
     assert view["admin"] == {"listen": "127.0.0.1:9901", "token": "<redacted>", "metrics": True}
     assert view["server"] == {
-        "listen": "0.0.0.0:8080",
+        "listeners": [
+            {
+                "listen": "0.0.0.0:8080",
+                "tls": None,
+                "http2": {
+                    "enabled": True,
+                    "h2c": False,
+                    "max_concurrent_streams": 100,
+                    "max_header_list_size": 64 * KIB,
+                    "max_frame_size": 16 * KIB,
+                    "initial_window_size": 64 * KIB,
+                    "max_requests_per_connection": 1000,
+                    "reset_budget": {"burst": 200, "per_second": 20.0},
+                },
+                "proxy_protocol": False,
+                "redirect_to_https": False,
+            }
+        ],
         "workers": 1,
         "trusted_proxies": ["10.0.0.0/8", "fd00::/8"],
         "limits": {
@@ -755,30 +911,54 @@ def test_redacted_view_keeps_an_unset_token_visible() -> None:
     }
 
 
-def _model_paths(cls: type[Any], prefix: str) -> list[str]:
+def _model_paths(cls: type[Any], prefix: str, present: frozenset[str] = frozenset()) -> list[str]:
+    """Every field of ``cls``, recursively; a list of sections as ``name[]``, and an optional
+    section that is off by default walked only when its path is in ``present``."""
     paths = []
     for f in fields(cls):
         kind = typing.get_type_hints(cls)[f.name]
+        path = f"{prefix}{f.name}"
+        options = [arg for arg in typing.get_args(kind) if arg is not type(None)]
         if f.default_factory is not MISSING and type(None) in typing.get_args(kind):
             # An optional section that is on by default (passive_health, retries) shows its
             # fields; one that is off by default shows null.
             kind = type(f.default_factory())
-        nested = is_dataclass(kind) and kind not in (ListenAddress, Target, HeaderMatch)
-        if nested:
-            paths += _model_paths(kind, f"{prefix}{f.name}.")
+        elif path in present and len(options) == 1:
+            kind = options[0]
+        items = typing.get_args(kind)
+        if typing.get_origin(kind) is tuple and items[1:] == (...,) and _nested(items[0]):
+            paths += _model_paths(items[0], f"{path}[].", present)
+        elif cls is TlsConfig and f.name == "default":
+            # The YAML (and the view) write the default certificate as tls.cert and tls.key.
+            paths += [f"{prefix}cert", f"{prefix}key"]
+        elif _nested(kind):
+            paths += _model_paths(kind, f"{path}.", present)
         else:
-            paths.append(f"{prefix}{f.name}")
+            paths.append(path)
     return paths
+
+
+def _nested(kind: object) -> bool:
+    return is_dataclass(kind) and kind not in (ListenAddress, Target, HeaderMatch)
 
 
 def _view_paths(tree: object, prefix: str) -> list[str]:
     if isinstance(tree, dict) and tree and prefix.rsplit(".", 2)[-2:-1] != ["headers"]:
         return [p for key, value in tree.items() for p in _view_paths(value, f"{prefix}{key}.")]
+    if isinstance(tree, list) and tree and isinstance(tree[0], dict):
+        return _view_paths(tree[0], f"{prefix[:-1]}[].")
     return [prefix[:-1]]
 
 
-def test_redacted_view_shows_every_field() -> None:
-    view = redacted_view(load(base_doc()))
+def test_redacted_view_shows_every_field(tmp_path: Path) -> None:
+    cert, key = write_certificate(tmp_path, "gw.crt", "gw.key")
+    api_cert, api_key = write_certificate(tmp_path, "api.crt", "api.key", "api.example.com")
+    sni = [{"server_names": ["api.example.com"], "cert": api_cert, "key": api_key}]
+    doc = edited(
+        drop("server.listen"),
+        listeners({"listen": ":8443", "tls": {"cert": cert, "key": key, "sni": sni}}),
+    )
+    view = redacted_view(load(doc))
     shown = set()
     for section in ("server", "admin", "logging", "redis", "cache"):
         shown |= set(_view_paths(view[section], f"{section}."))
@@ -788,7 +968,12 @@ def test_redacted_view_shows_every_field() -> None:
     assert isinstance(routes, list)
     shown |= set(_view_paths(upstreams["users"], "upstream.")) | {"upstream.name"}
     shown |= set(_view_paths(routes[0], "route."))
-    expected = set(_model_paths(GatewayConfig, "")) - {"upstreams", "routes"}
+    present = frozenset({"server.listeners[].tls"})
+    expected = {
+        path
+        for path in _model_paths(GatewayConfig, "", present)
+        if not path.startswith(("upstreams", "routes"))  # below, each on its own
+    }
     expected |= set(_model_paths(UpstreamConfig, "upstream."))
     expected |= set(_model_paths(RouteConfig, "route."))
     assert shown == expected

@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
+from cryptography.hazmat.primitives import serialization
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -32,6 +33,7 @@ from gateway.config.model import (
     GatewayConfig,
     HeaderMatch,
     HealthCheckConfig,
+    Http2Config,
     ListenAddress,
     ListenerConfig,
     LoggingConfig,
@@ -40,6 +42,7 @@ from gateway.config.model import (
     Rate,
     RateLimitConfig,
     RedisConfig,
+    ResetBudget,
     RetryBackoff,
     RetryConfig,
     RouteConfig,
@@ -48,12 +51,15 @@ from gateway.config.model import (
     ServerLimits,
     ServerTimeouts,
     Target,
+    TlsCertificate,
+    TlsConfig,
     UpstreamConfig,
     UpstreamTimeouts,
     UpstreamTLS,
     WebSocketConfig,
 )
 from gateway.errors import ConfigError
+from tests.unit.tls_files import write_certificate
 
 TARGET = "http://10.0.0.5:9000"
 ADMIN_TOKEN = "s3cr3t-admin-token-0123"
@@ -171,13 +177,13 @@ ONE_PROBLEM: list[tuple[str, object, str]] = [
         "admin-listen-overlaps",
         base(admin={"listen": ":8080", "token": ADMIN_TOKEN}),
         "admin.listen: 0.0.0.0:8080 overlaps server.listen (0.0.0.0:8080):"
-        " the admin endpoints never share the public port",
+        " the admin endpoints never share a public port",
     ),
     (
         "server-listen-overlaps-admin",
         base(server={"listen": "127.0.0.1:9901"}),
         "admin.listen: 127.0.0.1:9901 overlaps server.listen (127.0.0.1:9901):"
-        " the admin endpoints never share the public port",
+        " the admin endpoints never share a public port",
     ),
     # server.trusted_proxies
     (
@@ -1302,7 +1308,7 @@ def test_admin_token_left_unset_through_the_environment() -> None:
 def test_public_admin_without_token_and_overlap() -> None:
     assert problems(base(admin={"listen": ":8080"})) == [
         "admin.listen: 0.0.0.0:8080 overlaps server.listen (0.0.0.0:8080):"
-        " the admin endpoints never share the public port",
+        " the admin endpoints never share a public port",
         "admin.token: required when admin.listen (0.0.0.0:8080) is not a loopback address",
     ]
 
@@ -1438,6 +1444,495 @@ def test_ca_file_may_be_left_unset_through_the_environment() -> None:
     assert parse(doc).upstreams[0].tls.ca_file is None
 
 
+# --- Listeners: TLS, HTTP/2, PROXY protocol --------------------------------------------------
+
+# Relative paths, as a config file writes them: resolved against the file's folder.
+TLS = {"cert": "tls/gateway.crt", "key": "tls/gateway.key"}
+
+
+def sni(*names: str, cert: str = "tls/api.crt", key: str = "tls/api.key") -> dict[str, Any]:
+    return {"server_names": list(names), "cert": cert, "key": key}
+
+
+@pytest.fixture
+def tls_dir(tmp_path: Path) -> Path:
+    """A config folder with tls/: two certificates, another key, an encrypted key, junk."""
+    write_certificate(tmp_path, "tls/gateway.crt", "tls/gateway.key")
+    write_certificate(tmp_path, "tls/api.crt", "tls/api.key", "api.example.com")
+    write_certificate(tmp_path, "tls/other.crt", "tls/other.key", "other.example.com")
+    key = serialization.load_pem_private_key((tmp_path / "tls/gateway.key").read_bytes(), None)
+    encrypted = key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"passphrase"),
+    )
+    (tmp_path / "tls/encrypted.key").write_bytes(encrypted)
+    (tmp_path / "tls/junk.pem").write_text("not a certificate\n")
+    return tmp_path
+
+
+def load_in(directory: Path, doc: dict[str, Any]) -> GatewayConfig:
+    path = directory / "gateway.yaml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return load_config(path, {})
+
+
+def problems_in(directory: Path, doc: dict[str, Any]) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_in(directory, doc)
+    return info.value.problems
+
+
+def listeners(*items: dict[str, Any], **server: Any) -> dict[str, Any]:
+    return base(server={"listeners": list(items), **server})
+
+
+def tls_listener(**settings: Any) -> dict[str, Any]:
+    return {"listen": ":8443", "tls": TLS, **settings}
+
+
+_MISMATCH = "[X509: KEY_VALUES_MISMATCH] key values mismatch"
+_ENCRYPTED = (
+    "is encrypted: the gateway reads private keys without a passphrase (write it out"
+    " unencrypted, e.g. with `openssl pkey`, readable only by the gateway)"
+)
+L0 = "server.listeners[0]"
+
+# (id, document, problem lines); {dir} is the config file's folder.
+LISTENER_PROBLEMS: list[tuple[str, dict[str, Any], list[str]]] = [
+    # The list itself
+    (
+        "listen-and-listeners",
+        base(server={"listen": ":8080", "listeners": [{"listen": ":8081"}]}),
+        [
+            "server.listeners: give either server.listen (one plain listener) or"
+            " server.listeners, not both"
+        ],
+    ),
+    ("no-listeners", listeners(), ["server.listeners: at least one listener is required"]),
+    (
+        "too-many-listeners",
+        listeners(*({"listen": f"127.0.0.1:{8000 + i}"} for i in range(17))),
+        ["server.listeners: at most 16 listeners, got 17"],
+    ),
+    (
+        "listeners-not-a-list",
+        base(server={"listeners": {"listen": ":8080"}}),
+        ["server.listeners: expected a list of listeners, got a mapping"],
+    ),
+    ("listener-without-listen", listeners({"tls": None}), [f"{L0}.listen: missing required key"]),
+    (
+        "listener-unknown-key",
+        listeners({"listen": ":8080", "tsl": None}),
+        [f"{L0}.tsl: unknown key (did you mean 'tls'?)"],
+    ),
+    (
+        "overlapping-listeners",
+        listeners(
+            {"listen": ":8080"},
+            {"listen": "127.0.0.1:8080"},
+            {"listen": "127.0.0.1:8081"},
+            {"listen": "[::]:8081"},
+            {"listen": "127.0.0.2:8081"},
+        ),
+        [
+            "server.listeners[1].listen: 127.0.0.1:8080 overlaps server.listeners[0].listen"
+            " (0.0.0.0:8080)",
+            "server.listeners[3].listen: [::]:8081 overlaps server.listeners[2].listen"
+            " (127.0.0.1:8081)",
+            "server.listeners[4].listen: 127.0.0.2:8081 overlaps server.listeners[3].listen"
+            " ([::]:8081)",
+        ],
+    ),
+    (
+        "admin-overlaps-a-later-listener",
+        listeners({"listen": ":8080"}, {"listen": "127.0.0.1:9901"}),
+        [
+            "admin.listen: 127.0.0.1:9901 overlaps server.listeners[1].listen (127.0.0.1:9901):"
+            " the admin endpoints never share a public port"
+        ],
+    ),
+    # Certificate files
+    (
+        "cert-missing-file",
+        listeners(tls_listener(tls={**TLS, "cert": "tls/none.crt"})),
+        [f"{L0}.tls.cert: no such file: '{{dir}}/tls/none.crt'"],
+    ),
+    (
+        "key-not-given",
+        listeners(tls_listener(tls={"cert": TLS["cert"]})),
+        [f"{L0}.tls.key: missing required key"],
+    ),
+    (
+        "tls-empty",
+        listeners(tls_listener(tls={})),
+        [f"{L0}.tls.cert: missing required key", f"{L0}.tls.key: missing required key"],
+    ),
+    (
+        "key-of-another-certificate",
+        listeners(tls_listener(tls={**TLS, "key": "tls/other.key"})),
+        [f"{L0}.tls.cert: does not load with its key '{{dir}}/tls/other.key': {_MISMATCH}"],
+    ),
+    (
+        "cert-not-pem",
+        listeners(tls_listener(tls={**TLS, "cert": "tls/junk.pem"})),
+        [
+            f"{L0}.tls.cert: no PEM certificate ('-----BEGIN CERTIFICATE-----') in"
+            " '{dir}/tls/junk.pem'"
+        ],
+    ),
+    (
+        "cert-and-key-swapped",
+        listeners(tls_listener(tls={"cert": TLS["key"], "key": TLS["cert"]})),
+        [
+            f"{L0}.tls.cert: no PEM certificate ('-----BEGIN CERTIFICATE-----') in"
+            " '{dir}/tls/gateway.key'",
+            f"{L0}.tls.key: no PEM private key ('-----BEGIN PRIVATE KEY-----') in"
+            " '{dir}/tls/gateway.crt'",
+        ],
+    ),
+    (
+        "key-encrypted",
+        listeners(tls_listener(tls={**TLS, "key": "tls/encrypted.key"})),
+        [f"{L0}.tls.key: '{{dir}}/tls/encrypted.key' {_ENCRYPTED}"],
+    ),
+    (
+        "sni-key-of-another-certificate",
+        listeners(tls_listener(tls={**TLS, "sni": [sni("api.example.com", key="tls/other.key")]})),
+        [f"{L0}.tls.sni[0].cert: does not load with its key '{{dir}}/tls/other.key': {_MISMATCH}"],
+    ),
+    (
+        "sni-cert-missing-file",
+        listeners(tls_listener(tls={**TLS, "sni": [sni("api.example.com", cert="tls/x.crt")]})),
+        [f"{L0}.tls.sni[0].cert: no such file: '{{dir}}/tls/x.crt'"],
+    ),
+    # SNI names
+    (
+        "sni-without-names",
+        listeners(
+            tls_listener(tls={**TLS, "sni": [{"cert": "tls/api.crt", "key": "tls/api.key"}]})
+        ),
+        [f"{L0}.tls.sni[0].server_names: missing required key"],
+    ),
+    (
+        "sni-empty-names",
+        listeners(tls_listener(tls={**TLS, "sni": [sni()]})),
+        [f"{L0}.tls.sni[0].server_names: at least one server name is required"],
+    ),
+    (
+        "sni-bad-names",
+        listeners(
+            tls_listener(
+                tls={
+                    **TLS,
+                    "sni": [
+                        sni("*.*.example.com", "api.*.example.com", "*", "10.0.0.1", "a b.com")
+                    ],
+                }
+            )
+        ),
+        [
+            f"{L0}.tls.sni[0].server_names[{i}]: expected a host name such as"
+            f" 'api.example.com' or a wildcard such as '*.example.com', got {name!r}"
+            for i, name in enumerate(["*.*.example.com", "api.*.example.com", "*"])
+        ]
+        + [
+            f"{L0}.tls.sni[0].server_names[3]: SNI never carries an IP address (RFC 6066 §3),"
+            " got '10.0.0.1'",
+            f"{L0}.tls.sni[0].server_names[4]: expected a host name such as 'api.example.com'"
+            " or a wildcard such as '*.example.com', got 'a b.com'",
+        ],
+    ),
+    (
+        "sni-name-twice",
+        listeners(tls_listener(tls={**TLS, "sni": [sni("api.example.com", "API.example.com")]})),
+        [f"{L0}.tls.sni[0].server_names[1]: duplicate server name 'api.example.com'"],
+    ),
+    (
+        "sni-name-in-two-entries",
+        listeners(
+            tls_listener(
+                tls={
+                    **TLS,
+                    "sni": [
+                        sni("api.example.com", "*.example.org"),
+                        sni(
+                            "www.example.com",
+                            "*.EXAMPLE.org",
+                            cert="tls/other.crt",
+                            key="tls/other.key",
+                        ),
+                    ],
+                }
+            )
+        ),
+        [
+            f"{L0}.tls.sni[1].server_names[1]: '*.example.org' is already in"
+            f" {L0}.tls.sni[0].server_names"
+        ],
+    ),
+    # Versions and ciphers
+    (
+        "min-version-1.1",
+        listeners(tls_listener(tls={**TLS, "min_version": "1.1"})),
+        [f"{L0}.tls.min_version: expected '1.2' or '1.3', got '1.1'"],
+    ),
+    (
+        "min-version-float",
+        listeners(tls_listener(tls={**TLS, "min_version": 1.25})),
+        [f"{L0}.tls.min_version: expected '1.2' or '1.3', got 1.25"],
+    ),
+    (
+        "ciphers-unknown",
+        listeners(tls_listener(tls={**TLS, "ciphers": "NOPE-CIPHER"})),
+        [
+            f"{L0}.tls.ciphers: OpenSSL selects no cipher from 'NOPE-CIPHER' (try it with"
+            " `openssl ciphers`)"
+        ],
+    ),
+    (
+        "ciphers-anonymous",
+        listeners(tls_listener(tls={**TLS, "ciphers": "ECDHE+AESGCM:ADH-AES128-GCM-SHA256"})),
+        [
+            f"{L0}.tls.ciphers: selects suites without authentication or encryption"
+            " (ADH-AES128-GCM-SHA256): add ':!aNULL:!eNULL'"
+        ],
+    ),
+    (
+        "ciphers-with-tls-1.3-only",
+        listeners(tls_listener(tls={**TLS, "ciphers": "ECDHE+AESGCM", "min_version": "1.3"})),
+        [
+            f"{L0}.tls.ciphers: sets the TLS 1.2 suites, and min_version: '1.3' refuses TLS 1.2:"
+            " remove one"
+        ],
+    ),
+    # HTTP/2 limits
+    *(
+        (
+            f"http2-{key}-{written}",
+            listeners({"listen": ":8080", "http2": {key: written}}),
+            [f"{L0}.http2.{key}: {message}"],
+        )
+        for key, written, message in [
+            ("max_concurrent_streams", 0, "must be at least 1, got 0"),
+            ("max_concurrent_streams", 10_001, "must be from 1 to 10000, got 10001"),
+            ("max_header_list_size", "2KiB", "must be from 4KiB to 16MiB, got '2KiB'"),
+            ("max_header_list_size", "17MiB", "must be from 4KiB to 16MiB, got '17MiB'"),
+            ("max_header_list_size", 65536, "a size needs a unit, e.g. '64KiB'"),
+            (
+                "max_frame_size",
+                "16383B",
+                "must be from 16KiB to 16777215B (RFC 9113 §6.5.2), got '16383B'",
+            ),
+            (
+                "max_frame_size",
+                "16MiB",
+                "must be from 16KiB to 16777215B (RFC 9113 §6.5.2), got '16MiB'",
+            ),
+            (
+                "initial_window_size",
+                "1000B",
+                "must be from 1KiB to 2147483647B (2^31-1, RFC 9113 §6.5.2), got '1000B'",
+            ),
+            (
+                "initial_window_size",
+                "2GiB",
+                "must be from 1KiB to 2147483647B (2^31-1, RFC 9113 §6.5.2), got '2GiB'",
+            ),
+            ("max_requests_per_connection", 0, "must be at least 1, got 0"),
+            ("enabled", "yes", "expected a boolean (true or false), got 'yes'"),
+        ]
+    ),
+    *(
+        (
+            f"reset-budget-{key}-{written}",
+            listeners({"listen": ":8080", "http2": {"reset_budget": {key: written}}}),
+            [f"{L0}.http2.reset_budget.{key}: {message}"],
+        )
+        for key, written, message in [
+            ("burst", 0, "must be at least 1, got 0"),
+            ("per_second", 0, "expected a number above 0, got 0"),
+            ("per_second", -1.5, "expected a number above 0, got -1.5"),
+            ("per_second", "fast", "expected a number above 0, got 'fast'"),
+            ("per_second", float("inf"), "expected a number above 0, got inf"),
+        ]
+    ),
+    # Relations within a listener
+    (
+        "h2c-while-disabled",
+        listeners({"listen": ":8080", "http2": {"enabled": False, "h2c": True}}),
+        [f"{L0}.http2.h2c: h2c is HTTP/2 over cleartext: it needs enabled: true"],
+    ),
+    (
+        "h2c-on-tls",
+        listeners(tls_listener(http2={"h2c": True})),
+        [f"{L0}.http2.h2c: h2c is HTTP/2 over cleartext; a TLS listener negotiates h2 by ALPN"],
+    ),
+    (
+        "redirect-on-tls",
+        listeners(tls_listener(redirect_to_https=True)),
+        [
+            f"{L0}.redirect_to_https: this listener has tls: it serves https itself (redirect"
+            " from a cleartext one)"
+        ],
+    ),
+    # Relations between listeners and with other keys
+    (
+        "redirect-without-tls",
+        listeners({"listen": ":8080"}, {"listen": ":8081", "redirect_to_https": True}),
+        [
+            "server.listeners[1].redirect_to_https: no listener has tls: there is no https"
+            " listener to redirect to"
+        ],
+    ),
+    (
+        "proxy-protocol-without-trusted-proxies",
+        listeners(tls_listener(proxy_protocol=True), {"listen": ":8080", "proxy_protocol": True}),
+        [
+            f"server.listeners[{i}].proxy_protocol: needs server.trusted_proxies: the PROXY"
+            " header is accepted only from a trusted proxy, so every connection would be refused"
+            for i in (0, 1)
+        ],
+    ),
+    (
+        "proxy-protocol-with-empty-trusted-proxies",
+        listeners({"listen": ":8080", "proxy_protocol": True}, trusted_proxies=[]),
+        [
+            f"{L0}.proxy_protocol: needs server.trusted_proxies: the PROXY header is accepted"
+            " only from a trusted proxy, so every connection would be refused"
+        ],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("doc", "expected"),
+    [case[1:] for case in LISTENER_PROBLEMS],
+    ids=[case[0] for case in LISTENER_PROBLEMS],
+)
+def test_listener_problems(tls_dir: Path, doc: dict[str, Any], expected: list[str]) -> None:
+    assert problems_in(tls_dir, doc) == [line.replace("{dir}", str(tls_dir)) for line in expected]
+
+
+def test_listener_problems_are_reported_with_the_others(tls_dir: Path) -> None:
+    # A listener whose tls block is broken is still checked for what does not depend on it,
+    # and trusted_proxies written after the listeners counts.
+    doc = base(
+        server={
+            "listeners": [
+                {
+                    "listen": ":8443",
+                    "tls": {**TLS, "key": "tls/other.key", "sni": [sni("10.0.0.1")]},
+                    "http2": {"max_frame_size": "1MiB", "max_concurrent_streams": 0},
+                    "proxy_protocol": True,
+                    "redirect_to_https": True,
+                },
+                {"listen": ":8080", "http2": {"enabled": False, "h2c": True}},
+            ],
+            "trusted_proxies": [],
+        },
+        admin={"listen": "127.0.0.1:8080"},
+    )
+    assert problems_in(tls_dir, doc) == [
+        f"{L0}.tls.sni[0].server_names[0]: SNI never carries an IP address (RFC 6066 §3),"
+        " got '10.0.0.1'",
+        f"{L0}.tls.cert: does not load with its key '{tls_dir}/tls/other.key': {_MISMATCH}",
+        f"{L0}.http2.max_concurrent_streams: must be at least 1, got 0",
+        f"{L0}.redirect_to_https: this listener has tls: it serves https itself (redirect from"
+        " a cleartext one)",
+        f"{L0}.proxy_protocol: needs server.trusted_proxies: the PROXY header is accepted only"
+        " from a trusted proxy, so every connection would be refused",
+        "server.listeners[1].http2.h2c: h2c is HTTP/2 over cleartext: it needs enabled: true",
+    ]
+
+
+def test_listeners_with_tls(tls_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(Path(os.sep))  # relative to the config file, not the working directory
+    doc = listeners(
+        {
+            "listen": "[::]:8443",
+            "tls": {
+                **TLS,
+                "min_version": 1.3,  # YAML's float
+                "sni": [sni("API.example.com", "*.Example.org")],
+            },
+            "http2": {"max_frame_size": "16777215B", "initial_window_size": "1KiB"},
+            "proxy_protocol": True,
+        },
+        {
+            "listen": "0.0.0.0:8080",
+            "http2": {"h2c": True, "reset_budget": {"burst": 10, "per_second": 0.5}},
+            "redirect_to_https": True,
+            "proxy_protocol": True,
+        },
+        trusted_proxies=["10.0.0.0/8"],
+    )
+    config = load_in(tls_dir, doc)
+    tls = tls_dir / "tls"
+    assert config.server.listeners == (
+        ListenerConfig(
+            ListenAddress("::", 8443),
+            tls=TlsConfig(
+                default=TlsCertificate(str(tls / "gateway.crt"), str(tls / "gateway.key")),
+                sni=(
+                    TlsCertificate(
+                        str(tls / "api.crt"),
+                        str(tls / "api.key"),
+                        ("api.example.com", "*.example.org"),
+                    ),
+                ),
+                min_version="1.3",
+            ),
+            http2=Http2Config(max_frame_size=16 * MIB - 1, initial_window_size=KIB),
+            proxy_protocol=True,
+        ),
+        ListenerConfig(
+            ListenAddress("0.0.0.0", 8080),
+            http2=Http2Config(h2c=True, reset_budget=ResetBudget(burst=10, per_second=0.5)),
+            proxy_protocol=True,
+            redirect_to_https=True,
+        ),
+    )
+    assert config.server.listen == ListenAddress("::", 8443)
+
+
+def test_server_listen_is_one_plain_listener() -> None:
+    config = parse(base(server={"listen": "127.0.0.1:9000"}))
+    assert config.server.listeners == (ListenerConfig(ListenAddress("127.0.0.1", 9000)),)
+    assert parse(MINIMAL_TEXT).server.listeners == (ListenerConfig(ListenAddress("0.0.0.0", 8080)),)
+
+
+def test_listener_settings_from_the_environment() -> None:
+    doc = listeners(
+        {
+            "listen": "${LISTEN}",
+            "http2": {"h2c": "${H2C}", "reset_budget": {"per_second": "${RESETS:-2.5}"}},
+        }
+    )
+    listener = parse(doc, {"LISTEN": ":9000", "H2C": "true"}).server.listeners[0]
+    assert listener.http2.h2c is True
+    assert listener.http2.reset_budget.per_second == 2.5
+
+
+# The widest and narrowest values each HTTP/2 limit takes.
+@pytest.mark.parametrize(
+    ("key", "written", "expected"),
+    [
+        ("max_concurrent_streams", 1, 1),
+        ("max_concurrent_streams", 10_000, 10_000),
+        ("max_header_list_size", "4KiB", 4 * KIB),
+        ("max_header_list_size", "16MiB", 16 * MIB),
+        ("max_frame_size", "16KiB", 16 * KIB),
+        ("max_frame_size", "16777215B", 2**24 - 1),
+        ("initial_window_size", "1KiB", KIB),
+        ("initial_window_size", "2147483647B", 2**31 - 1),
+    ],
+)
+def test_http2_limits_at_their_bounds(key: str, written: object, expected: int) -> None:
+    http2 = parse(listeners({"listen": ":8080", "http2": {key: written}})).server.listeners[0].http2
+    assert getattr(http2, key) == expected
+
+
 # --- Defaults and completeness ---------------------------------------------------------------
 
 
@@ -1457,7 +1952,30 @@ def test_minimal_file_yields_the_model_defaults() -> None:
 
 EVERY_KEY = """\
 server:
-  listen: "127.0.0.1:8000"
+  listeners:
+    - listen: "127.0.0.1:8443"
+      tls:
+        cert: tls/gateway.crt
+        key: tls/gateway.key
+        min_version: "1.3"
+        sni:
+          - server_names: [api.example.com, "*.example.org"]
+            cert: tls/api.crt
+            key: tls/api.key
+      http2:
+        max_concurrent_streams: 50
+        max_header_list_size: 32KiB
+        max_frame_size: 32KiB
+        initial_window_size: 1MiB
+        max_requests_per_connection: 500
+        reset_budget: {burst: 50, per_second: 5}
+      proxy_protocol: true
+    - listen: "127.0.0.1:8444"
+      tls: {cert: tls/gateway.crt, key: tls/gateway.key, ciphers: "ECDHE+AESGCM"}
+      http2: {enabled: false}
+    - listen: "127.0.0.1:8000"
+      http2: {h2c: true}
+      redirect_to_https: true
   workers: 4
   trusted_proxies: ["10.0.0.0/8"]
   limits:
@@ -1568,10 +2086,41 @@ cache: {max_bytes: 64MiB}
 """
 
 
-def _expected_every_key(ca_file: str) -> GatewayConfig:
+def _expected_every_key(directory: Path) -> GatewayConfig:
+    ca_file = str(directory / "ca.pem")
+    gateway = TlsCertificate(str(directory / "tls/gateway.crt"), str(directory / "tls/gateway.key"))
+    api = TlsCertificate(
+        str(directory / "tls/api.crt"),
+        str(directory / "tls/api.key"),
+        ("api.example.com", "*.example.org"),
+    )
     return GatewayConfig(
         server=ServerConfig(
-            listeners=(ListenerConfig(ListenAddress("127.0.0.1", 8000)),),
+            listeners=(
+                ListenerConfig(
+                    ListenAddress("127.0.0.1", 8443),
+                    tls=TlsConfig(default=gateway, sni=(api,), min_version="1.3"),
+                    http2=Http2Config(
+                        max_concurrent_streams=50,
+                        max_header_list_size=32 * KIB,
+                        max_frame_size=32 * KIB,
+                        initial_window_size=MIB,
+                        max_requests_per_connection=500,
+                        reset_budget=ResetBudget(burst=50, per_second=5.0),
+                    ),
+                    proxy_protocol=True,
+                ),
+                ListenerConfig(
+                    ListenAddress("127.0.0.1", 8444),
+                    tls=TlsConfig(default=gateway, ciphers="ECDHE+AESGCM"),
+                    http2=Http2Config(enabled=False),
+                ),
+                ListenerConfig(
+                    ListenAddress("127.0.0.1", 8000),
+                    http2=Http2Config(h2c=True),
+                    redirect_to_https=True,
+                ),
+            ),
             workers=4,
             trusted_proxies=(ipaddress.ip_network("10.0.0.0/8"),),
             limits=ServerLimits(
@@ -1693,10 +2242,34 @@ def _expected_every_key(ca_file: str) -> GatewayConfig:
 
 # The rate-limit strategy: `burst` is only allowed with token_bucket, the default.
 _ONLY_VALUE = {(RateLimitConfig, "strategy")}
+# Compared whole: the default certificate is written as tls.cert and tls.key, and never has
+# server names of its own.
+_WHOLE = {(TlsConfig, "default")}
+# What an item of a list of sections is compared with.
+_ITEM_DEFAULTS: dict[type[Any], object] = {
+    ListenerConfig: ListenerConfig(ListenAddress("0.0.0.0", 8080)),
+    TlsCertificate: TlsCertificate("", ""),
+}
 
 
 def _differs_from_defaults(value: object, default: object, where: str) -> list[str]:
-    """Fields of ``value`` (recursively) still equal to ``default``'s."""
+    """Fields of ``value`` (recursively) still equal to ``default``'s.
+
+    A list of sections (listeners) passes for a field when any of its items sets that field:
+    some keys exclude each other within one listener (h2c and tls).
+    """
+    if isinstance(value, tuple) and value and type(value[0]) in _ITEM_DEFAULTS:
+        item_default = _ITEM_DEFAULTS[type(value[0])]
+        per_item = [set(_differs_from_defaults(item, item_default, f"{where}[]")) for item in value]
+
+        def unset_in(path: str, paths: set[str]) -> bool:
+            # An item whose whole section is the default (tls: null) leaves its fields unset.
+            return any(path == p or path.startswith((f"{p}.", f"{p}[")) for p in paths)
+
+        candidates = set().union(*per_item)
+        return sorted(path for path in candidates if all(unset_in(path, s) for s in per_item))
+    if default is None and isinstance(value, TlsConfig):
+        default = TlsConfig(default=TlsCertificate("", ""))
     if default is None and isinstance(value, RateLimitConfig):
         # An optional section: compared with the one that sets only its required key.
         default = RateLimitConfig(rate=Rate(1, 1, "1/second"))
@@ -1714,19 +2287,23 @@ def _differs_from_defaults(value: object, default: object, where: str) -> list[s
     for field in fields(value):
         if (type(value), field.name) in _ONLY_VALUE:
             continue
-        same += _differs_from_defaults(
-            getattr(value, field.name), getattr(default, field.name), f"{where}.{field.name}"
-        )
+        item, item_default = getattr(value, field.name), getattr(default, field.name)
+        if (type(value), field.name) in _WHOLE:
+            same += [f"{where}.{field.name}"] if item == item_default else []
+            continue
+        same += _differs_from_defaults(item, item_default, f"{where}.{field.name}")
     return same
 
 
 def test_every_field_is_settable_under_its_own_name(tmp_path: Path) -> None:
     ca = tmp_path / "ca.pem"
     ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    write_certificate(tmp_path, "tls/gateway.crt", "tls/gateway.key")
+    write_certificate(tmp_path, "tls/api.crt", "tls/api.key", "api.example.com")
     config_file = tmp_path / "gateway.yaml"
     config_file.write_text(EVERY_KEY.replace("CA_FILE", "ca.pem"))
     config = load_config(config_file, {"ADMIN_TOKEN": ADMIN_TOKEN})
-    expected = _expected_every_key(str(ca))
+    expected = _expected_every_key(tmp_path)
     assert config == expected
     # And the file above really sets every field to something other than its default, so a
     # field added to the model without a YAML key fails here.
@@ -1746,6 +2323,12 @@ def test_unit_fields_are_read_from_the_tables() -> None:
     assert kinds[PoolConfig, "idle_timeout"] == "duration"
     assert kinds[UpstreamConfig, "dns_ttl"] == "duration"
     assert (ServerLimits, "max_headers") not in kinds
+    # Reached through server.listeners' list and a bounds check (`_within`).
+    for name in ("max_header_list_size", "max_frame_size", "initial_window_size"):
+        assert kinds[Http2Config, name] == "size"
+    assert (Http2Config, "max_concurrent_streams") not in kinds
+    # A rate, not a duration: the one float that is written without a unit.
+    assert (ResetBudget, "per_second") not in kinds
     # The model keeps every duration as a float (seconds): each float field is one.
     floats = set()
     for cls in (
@@ -1760,6 +2343,9 @@ def test_unit_fields_are_read_from_the_tables() -> None:
         HealthCheckConfig,
         PassiveHealthConfig,
         RetryBackoff,
+        Http2Config,
+        ListenerConfig,
+        TlsConfig,
     ):
         floats |= {(cls, f.name) for f in fields(cls) if f.type in ("float", "float | None")}
     assert floats == {key for key, kind in kinds.items() if kind == "duration"}
