@@ -40,8 +40,9 @@ test-compiled: compiled
 	PYTHONSAFEPATH=1 PYTHONPATH=$(COMPILED) GATEWAY_EXPECT_COMPILED=1 $(BIN)/pytest \
 		--import-mode=append -o pythonpath=$(COMPILED) -p no:cacheprovider
 
-# The load test against nginx and HAProxy (docs/performance.md): installs nginx, wrk and haproxy
-# with apt-get when missing, matplotlib for the chart; results in loadtests/results/.
+# The load test against nginx and HAProxy (docs/performance.md): installs nginx, wrk, haproxy,
+# redis-server and nghttp2-client (h2load) with apt-get when missing, matplotlib for the chart;
+# results in loadtests/results/.
 # BENCH_ARGS passes options through, e.g. BENCH_ARGS="--rounds 1 --duration 2" for a smoke run.
 bench: compiled
 	$(BIN)/python -m pip install --quiet -e '.[dev,bench]'

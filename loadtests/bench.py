@@ -54,6 +54,15 @@ targets dead (a port nothing listens on), nginx, HAProxy and the gateway with th
 settings (`loadtests/resilience_bench.py`), each with its ratio to itself with the live target
 alone and the gateway's to nginx's.
 
+HTTP/2 (`--http2`, on by default), on fresh processes (`loadtests/http2_bench.py`): the small
+GET over HTTP/2 against the gateway's HTTP/1.1 path with the same client, h2load (`--h1`
+against `-m1` and `-m10` streams per connection), cleartext (h2c with prior knowledge) and over
+TLS (ALPN, a certificate made at run time), plus wrk on HTTP/1.1 as elsewhere; then HTTP/1.1
+(wrk) on gateways without and with idle HTTP/2 listeners, in alternation, each one's median
+over the one without (the target: at most 3% loss). `--duration` seconds per run; about 2.5
+minutes at 10 s. A failed or errored request fails the section: its error is printed and kept
+in the JSON, the other sections run, and the script exits with status 1.
+
 Scaling (`--scaling`, on by default; `--no-scaling` skips it), last, on fresh processes: the
 `small` scenario against nginx with `worker_processes 1` and `2` and against the gateway with
 `workers: 1` and `2` (those of `--targets` that are nginx or the gateway), all four in every round,
@@ -80,8 +89,10 @@ Before measuring, every target answers each scenario's request once and the answ
 draws requests/s per scenario and target (needs matplotlib: `pip install -e '.[bench]'`; the
 scaling section is not drawn).
 
-Needs `nginx`, `wrk` and `haproxy` (Debian packages; installed with apt-get when missing and run
-as root). Ratios within one run matter, not absolute numbers (docs/performance.md).
+Needs `nginx`, `wrk`, `haproxy`, `redis-server`, and `h2load` and `nghttp` for the HTTP/2
+section (Debian packages, the last two in `nghttp2-client`; installed with apt-get when missing
+and run as root), and trustme (the dev extra) for its certificate. Ratios within one run matter,
+not absolute numbers (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -103,6 +114,7 @@ from urllib.request import Request, urlopen
 
 import cache_bench
 import compression_bench
+import http2_bench
 import resilience_bench
 from features import add_ratios, print_features, start_feature_gateways
 from targets import (
@@ -668,6 +680,14 @@ def parse_args() -> argparse.Namespace:
         "against itself healthy (loadtests/resilience_bench.py; default on)",
     )
     parser.add_argument(
+        "--http2",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the small GET over HTTP/2 (h2c and TLS, h2load -m1 and -m10) against the gateway's "
+        "HTTP/1.1 path, and HTTP/1.1 with idle HTTP/2 listeners against without "
+        "(loadtests/http2_bench.py; default on; needs h2load and nghttp)",
+    )
+    parser.add_argument(
         "--scaling-threads",
         type=int,
         default=2,
@@ -702,7 +722,8 @@ def parse_args() -> argparse.Namespace:
 
 def main() -> int:
     args = parse_args()
-    ensure_tools(("nginx", "wrk", "haproxy", "redis-server"))
+    http2_tools = ("h2load", "nghttp") if args.http2 and "gateway" in args.targets else ()
+    ensure_tools(("nginx", "wrk", "haproxy", "redis-server", *http2_tools))
     # Children inherit the limit: the proxies hold the idle connections and wrk -c1000 its own.
     fds = raise_fd_limit(hard_fd_limit())
     if fds < args.idle + 2000:
@@ -723,8 +744,11 @@ def main() -> int:
         "cache": {},
         "compression": {},
         "resilience": {},
+        "http2": {},
         "scaling": {},
     }
+    # Sections that failed (their error is in the JSON too): the run exits with status 1.
+    failed: list[str] = []
     with tempfile.TemporaryDirectory(prefix="gw-bench-") as tmp:
         workdir = Path(tmp)
         script = workdir / "post16k.lua"
@@ -795,6 +819,22 @@ def main() -> int:
                 results["resilience"] = run_resilience(workdir, (small_port, body_port), args)
                 resilience_bench.print_resilience(results["resilience"], args)
                 sys.stdout.flush()
+            if args.http2 and "gateway" in args.targets:
+                try:
+                    results["http2"] = http2_bench.run_section(
+                        workdir,
+                        (small_port, body_port),
+                        args.gateway_build,
+                        http2_bench.Settings(duration=args.duration),
+                    )
+                except http2_bench.Http2BenchError as error:
+                    # Loud, but the sections after it still run.
+                    print(f"\nhttp2: FAILED: {error}", file=sys.stderr, flush=True)
+                    results["http2"] = {"error": str(error)}
+                    failed.append("http2")
+                else:
+                    http2_bench.print_section(results["http2"])
+                sys.stdout.flush()
             if args.scaling:
                 upstreams = (small_port, body_port)
                 results["scaling"] = run_scaling(args.scaling_targets, workdir, upstreams, args)
@@ -806,6 +846,9 @@ def main() -> int:
         args.json.write_text(json.dumps(results, indent=2))
     if args.png and draw_png(args.png, results["scenarios"]):
         print(f"chart: {args.png}")
+    if failed:
+        print(f"failed sections: {', '.join(failed)}", file=sys.stderr)
+        return 1
     return 0
 
 

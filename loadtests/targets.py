@@ -74,15 +74,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+# The Debian package of each tool whose package is not named after it.
+PACKAGES = {"h2load": "nghttp2-client", "nghttp": "nghttp2-client"}
+
+
 def ensure_tools(tools: tuple[str, ...] = ("nginx", "wrk")) -> None:
-    """Install the missing Debian packages (the package names are the tools' names)."""
+    """Install the Debian packages of the missing tools."""
     missing = [tool for tool in tools if shutil.which(tool) is None]
     if not missing:
         return
+    packages = list(dict.fromkeys(PACKAGES.get(tool, tool) for tool in missing))
     if os.geteuid() != 0:
-        sys.exit(f"missing {', '.join(missing)}: apt-get install -y {' '.join(missing)}")
+        sys.exit(f"missing {', '.join(missing)}: apt-get install -y {' '.join(packages)}")
     subprocess.run(["apt-get", "update", "-qq"], check=True)
-    subprocess.run(["apt-get", "install", "-y", "-qq", *missing], check=True)
+    subprocess.run(["apt-get", "install", "-y", "-qq", *packages], check=True)
 
 
 def raise_fd_limit(wanted: int) -> int:
@@ -386,6 +391,8 @@ def gateway_conf(
     cache: str | None = None,
     gzip_level: int | None = None,
     dead_port: int | None = None,
+    h2c: bool = False,
+    listeners: tuple[str, ...] = (),
 ) -> Path:
     """The gateway with ``workers`` workers; ``ports`` is (small upstream, body upstream, listen).
 
@@ -395,10 +402,20 @@ def gateway_conf(
     prices the decision, not the refusals. ``cache`` ("memory" or "redis") caches the small
     route's responses in that store. ``gzip_level`` compresses them with gzip (the only
     coding offered, as nginx has no other) at that level. ``dead_port`` adds a second target
-    to the small upstream, with the default passive health and retries.
+    to the small upstream, with the default passive health and retries. ``h2c`` lets the listen
+    port take HTTP/2 with prior knowledge too; ``listeners`` adds listeners after it, each a
+    YAML flow mapping (`{listen: "127.0.0.1:N", http2: {h2c: true}}`). With neither the config
+    has `server.listen` alone, the form of a config written before HTTP/2 (the http2 section
+    compares the two).
     """
     small_port, body_port, listen_port = ports
     conf = workdir / f"{name}.yaml"
+    address = f'"127.0.0.1:{listen_port}"'
+    if h2c or listeners:
+        first = f"{{listen: {address}, http2: {{h2c: true}}}}" if h2c else f"{{listen: {address}}}"
+        listen = "  listeners:\n" + "".join(f"    - {item}\n" for item in (first, *listeners))
+    else:
+        listen = f"  listen: {address}\n"
     extra = ""
     if rate_limit is not None:
         extra += f"  rate_limit: {{ rate: 1000000/second, backend: {rate_limit}, budget: 1s }}\n"
@@ -413,8 +430,7 @@ def gateway_conf(
         textwrap.dedent(
             f"""\
             server:
-              listen: "127.0.0.1:{listen_port}"
-              workers: {workers}
+            {{listen}}  workers: {workers}
               limits:
                 max_requests_per_connection: {MAX_REQUESTS}
               timeouts:
@@ -444,6 +460,7 @@ def gateway_conf(
                 {compressed}
             """
         )
+        .replace("{listen}", listen)
         .replace("{extra}", extra)
         .replace("{redis}", redis)
         .replace("{dead}", f', "http://127.0.0.1:{dead_port}"' if dead_port is not None else "")
