@@ -220,8 +220,14 @@ class H2Codec:
                 if SettingCodes.INITIAL_WINDOW_SIZE in changed:
                     append(WindowOpened(0))
                 if SettingCodes.HEADER_TABLE_SIZE in changed:
-                    # h2 sizes the encoder's table to the client's limit; it stays unused.
-                    self._conn.encoder.header_table_size = 0
+                    # h2 resized the encoder's table to the client's new limit; it stays at
+                    # 0. RFC 7541 §4.2: the next block signals the smallest size since the
+                    # last one and the final, here both 0, so one update of 0 (hpack would
+                    # replay every intermediate size, some above the client's new limit).
+                    encoder = self._conn.encoder
+                    encoder.header_table_size = 0
+                    encoder.table_size_changes = [0]
+                    encoder.header_table.resized = True
             elif kind is StreamReset:
                 assert isinstance(event, StreamReset)
                 if event.remote_reset:

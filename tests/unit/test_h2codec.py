@@ -1,0 +1,101 @@
+"""The HTTP/2 framing layer against h2 as a client, in memory (no sockets: pure framing)."""
+
+from __future__ import annotations
+
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+from hyperframe.frame import ContinuationFrame, HeadersFrame
+
+from gateway.config.model import Http2Config
+from gateway.downstream import h2codec
+
+REQUEST = [(":method", "GET"), (":path", "/x"), (":scheme", "http"), (":authority", "a")]
+
+
+def _pair(
+    settings: Http2Config | None = None, client_settings: dict[int, int] | None = None
+) -> tuple[h2codec.H2Codec, h2.connection.H2Connection]:
+    codec = h2codec.H2Codec(settings or Http2Config())
+    codec.start(1 << 20)
+    client = h2.connection.H2Connection(
+        h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+    )
+    client.initiate_connection()
+    if client_settings:
+        client.update_settings(client_settings)
+    codec.receive(client.data_to_send())
+    client.receive_data(codec.outgoing())
+    codec.receive(client.data_to_send())
+    return codec, client
+
+
+def _response(codec: h2codec.H2Codec, stream_id: int, index: int) -> None:
+    fields = [
+        (b":status", b"200"),
+        (b"content-type", b"application/json"),
+        (b"x-request-id", b"%032x" % index),
+        (b"content-length", b"2"),
+    ]
+    codec.send_headers(stream_id, fields, end=False)
+    codec.send_data(stream_id, b"{}", end=True)
+
+
+@pytest.mark.parametrize("table_size", [None, 0, 256, 65536])
+def test_responses_decode_whatever_table_size_the_client_allows(table_size: int | None) -> None:
+    settings = (
+        None if table_size is None else {h2.settings.SettingCodes.HEADER_TABLE_SIZE: table_size}
+    )
+    codec, client = _pair(client_settings=settings)
+    seen: list[tuple[int, str]] = []
+    for index in range(50):
+        stream_id = client.get_next_available_stream_id()
+        client.send_headers(stream_id, REQUEST, end_stream=True)
+        events = codec.receive(client.data_to_send())
+        assert isinstance(events[0], h2codec.RequestHeaders)
+        assert events[0].headers[:2] == [(b":method", b"GET"), (b":path", b"/x")]
+        _response(codec, stream_id, index)
+        for event in client.receive_data(codec.outgoing()):
+            if isinstance(event, h2.events.ResponseReceived):
+                fields = dict(event.headers or [])
+                seen.append((event.stream_id, str(fields["x-request-id"])))
+    assert seen == [(1 + 2 * i, f"{i:032x}") for i in range(50)]
+    # The encoder indexes nothing: the client's decoding table stays empty.
+    assert len(client.decoder.header_table.dynamic_entries) == 0
+
+
+def test_a_frame_above_max_frame_size_is_refused_from_its_header() -> None:
+    codec, _ = _pair()
+    # Only the 9-byte header of a 1 MiB DATA frame: h2 alone would wait for the megabyte.
+    header = (1 << 20).to_bytes(3, "big") + b"\x00\x00" + (1).to_bytes(4, "big")
+    with pytest.raises(h2codec.H2ConnectionError) as raised:
+        codec.receive(header)
+    assert raised.value.code == h2codec.FRAME_SIZE_ERROR
+    assert b"\x07" in codec.outgoing()  # a GOAWAY frame is queued
+
+
+def test_a_header_block_growing_past_the_limit_is_refused_before_it_ends() -> None:
+    codec, _ = _pair(Http2Config(max_header_list_size=4096))
+    start = HeadersFrame(1)
+    start.data = b"\x00" * 1000  # never decoded: the block never ends
+    with pytest.raises(h2codec.H2ConnectionError) as raised:
+        codec.receive(start.serialize())
+        for _ in range(10):
+            more = ContinuationFrame(1)
+            more.data = b"\x00" * 1000
+            codec.receive(more.serialize())
+    assert raised.value.code == h2codec.ENHANCE_YOUR_CALM
+
+
+def test_a_graceful_goaway_leaves_open_streams_answerable() -> None:
+    codec, client = _pair()
+    client.send_headers(1, REQUEST, end_stream=True)
+    codec.receive(client.data_to_send())
+    assert codec.graceful_goaway() == 1
+    _response(codec, 1, 7)
+    data = codec.outgoing()
+    # The GOAWAY (type 7, last stream 1, NO_ERROR) and then the response's frames: h2 itself
+    # would refuse to send them once it had sent a GOAWAY.
+    assert b"\x00\x00\x08\x07\x00\x00\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00" in data
+    assert data.count(b"\x01\x04\x00\x00\x00\x01") + data.count(b"\x01\x05\x00\x00\x00\x01") == 1
