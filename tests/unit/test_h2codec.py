@@ -5,8 +5,8 @@ from __future__ import annotations
 import h2.config
 import h2.connection
 import h2.events
-from h2.settings import SettingCodes
 import pytest
+from h2.settings import SettingCodes
 from hyperframe.frame import ContinuationFrame, HeadersFrame
 
 from gateway.config.model import Http2Config
