@@ -147,6 +147,7 @@ class Dispatcher:
         if runtime.access_log is not None:
             self._log(
                 runtime.access_log,
+                "http1" if http1 else "http2",
                 head,
                 pending.body,
                 proxy_request=proxy_request,
@@ -305,6 +306,7 @@ class Dispatcher:
     def _log(
         self,
         access_log: AccessLog,
+        protocol: str,
         head: RequestHead,
         body: RequestBody | None,
         *,
@@ -348,6 +350,7 @@ class Dispatcher:
             rate_limit=rate_limit,
             cache=cache,
             compression=compression,
+            protocol=protocol,
         )
 
 

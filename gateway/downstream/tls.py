@@ -40,9 +40,15 @@ def _context(tls: TlsConfig, certificate: TlsCertificate, alpn: list[str]) -> ss
     context.options |= (
         ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION | ssl.OP_CIPHER_SERVER_PREFERENCE
     )
-    context.load_cert_chain(certificate.cert, certificate.key)
+    # A key that became encrypted after validation fails here rather than OpenSSL prompting
+    # for a passphrase on the worker's terminal.
+    context.load_cert_chain(certificate.cert, certificate.key, password=_no_password)
     context.set_alpn_protocols(alpn)
     return context
+
+
+def _no_password() -> bytes:
+    raise ssl.SSLError("the private key is encrypted: give the gateway an unencrypted key")
 
 
 class ServerTls:

@@ -60,6 +60,7 @@ class AccessLog:
         rate_limit: str | None = None,
         cache: str | None = None,
         compression: str | None = None,
+        protocol: str = "http1",
     ) -> None:
         upstream_ms = "null" if upstream_seconds is None else f"{upstream_seconds * 1000:.3f}"
         write_line(
@@ -72,5 +73,6 @@ class AccessLog:
             f'"trace_id": {"null" if trace_id is None else _quote(trace_id)}, '
             f'"rate_limit": {"null" if rate_limit is None else _quote(rate_limit)}, '
             f'"cache": {"null" if cache is None else _quote(cache)}, '
-            f'"compression": {"null" if compression is None else _quote(compression)}}}'
+            f'"compression": {"null" if compression is None else _quote(compression)}, '
+            f'"protocol": "{protocol}"}}'
         )

@@ -245,9 +245,10 @@ async def test_admin_health_endpoints_and_access_log(tmp_path: Path) -> None:
         assert set(line) >= {
             "timestamp", "event", "request_id", "client_ip", "method", "path", "route",
             "upstream", "status", "bytes_in", "bytes_out", "duration_ms", "upstream_ms",
-            "trace_id", "rate_limit",
+            "trace_id", "rate_limit", "protocol",
         }  # fmt: skip
         assert line["event"] == "access"
+        assert line["protocol"] == "http1"
         assert line["status"] == 404
         assert line["route"] == "all"
         assert line["upstream"] == "app"
