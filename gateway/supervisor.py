@@ -11,7 +11,8 @@ prometheus-client's multiprocess mode). Then it
 - reloads on SIGHUP, and with ``--watch`` when the file's content changes: an invalid file is
   logged with its problems and counted as ``gateway_config_reloads_total{result="error"}``, and
   the old config keeps serving; a valid one is written to a snapshot every worker swaps to, and
-  counts as a success once every worker acknowledged it. ``server.listen``, ``server.workers``,
+  counts as a success once every worker acknowledged it. The listeners' addresses
+  (``server.listen`` or ``server.listeners[*].listen``), ``server.workers``,
   ``admin.*`` and ``logging.level`` only change on a restart (`describe.needs_restart`): a
   reload that changes them says so and keeps them.
 - drains on SIGTERM or SIGINT: /readyz answers 503 at once, every worker gets SIGTERM and
@@ -156,8 +157,9 @@ def reserve_ports(addresses: list[ListenAddress]) -> list[socket.socket]:
     """`reserve_port` for each listener, all or none."""
     sockets: list[socket.socket] = []
     try:
-        for address in addresses:
-            sockets.append(reserve_port(address))
+        for index, address in enumerate(addresses):
+            key = "server.listen" if len(addresses) == 1 else f"server.listeners[{index}].listen"
+            sockets.append(reserve_port(address, key))
     except BaseException:
         for sock in sockets:
             sock.close()
@@ -165,7 +167,7 @@ def reserve_ports(addresses: list[ListenAddress]) -> list[socket.socket]:
     return sockets
 
 
-def reserve_port(address: ListenAddress) -> socket.socket:
+def reserve_port(address: ListenAddress, key: str = "server.listen") -> socket.socket:
     """Bind (without listening) the public address with SO_REUSEPORT.
 
     This resolves port 0 to the one port every worker binds, and refuses a port another program
@@ -180,9 +182,7 @@ def reserve_port(address: ListenAddress) -> socket.socket:
         sock.bind((address.host, address.port))
     except OSError as error:
         sock.close()
-        raise StartupError(
-            f"server.listen: cannot listen on {address}: {error.strerror}"
-        ) from error
+        raise StartupError(f"{key}: cannot listen on {address}: {error.strerror}") from error
     return sock
 
 
