@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import signal
@@ -179,6 +180,8 @@ class GatewayProcess:
     process: subprocess.Popen[bytes]
     port: int
     admin_port: int
+    # Every listener's port, in config order (``port`` is the first's).
+    ports: list[int] = dataclasses.field(default_factory=list)
 
     def peak_rss_bytes(self) -> int:
         """The largest resident-set high-water mark of the supervisor and its workers."""
@@ -221,7 +224,10 @@ def start_gateway_process(
                 if event.get("event") == "listening":
                     port = int(str(event["address"]).rsplit(":", 1)[1])
                     admin_port = int(str(event["admin"]).rsplit(":", 1)[1])
-                    return GatewayProcess(process, port, admin_port)
+                    addresses = event.get("addresses") or [event["address"]]
+                    assert isinstance(addresses, list)
+                    ports = [int(str(address).rsplit(":", 1)[1]) for address in addresses]
+                    return GatewayProcess(process, port, admin_port, ports)
             time.sleep(0.05)
     except BaseException:
         process.kill()
