@@ -13,11 +13,18 @@ bounds what h2 would buffer before it checks (HARDENING.md; RFC 9113 §10.5):
 * a header block still arriving (HEADERS and CONTINUATION frames, the CONTINUATION flood of
   2024) may not grow beyond SETTINGS_MAX_HEADER_LIST_SIZE encoded bytes, and decoded (the HPACK
   bomb) beyond the same: GOAWAY ENHANCE_YOUR_CALM.
+
+Where h2 answers otherwise than RFC 9113 requires, this layer corrects it (each case is in
+tests/conformance, named after its h2spec section):
+
+* a header block HPACK cannot decode is a connection error COMPRESSION_ERROR (§4.3), where h2
+  says PROTOCOL_ERROR.
 """
 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable
 from typing import Final
 
 from h2.config import H2Configuration
@@ -36,6 +43,7 @@ from h2.events import (
 )
 from h2.exceptions import ProtocolError, StreamClosedError
 from h2.settings import SettingCodes
+from hpack import Decoder, HeaderTuple, HPACKError, OversizedHeaderListError
 
 from gateway.config.model import Http2Config
 
@@ -53,6 +61,26 @@ FRAME_SIZE_ERROR: Final = int(ErrorCodes.FRAME_SIZE_ERROR)
 PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 _FRAME_HEADER: Final = 9
+
+
+class _CompressionError(ProtocolError):
+    """A header block that cannot be decoded."""
+
+    # RFC 9113 §4.3: a connection error of type COMPRESSION_ERROR (h2 says PROTOCOL_ERROR).
+    error_code = ErrorCodes.COMPRESSION_ERROR
+
+
+class _Decoder(Decoder):
+    """HPACK's decoder, its errors raised as h2's COMPRESSION_ERROR (h2 passes a ProtocolError
+    through and ends the connection with its code)."""
+
+    def decode(self, data: bytes, raw: bool = False) -> Iterable[HeaderTuple]:
+        try:
+            return super().decode(data, raw)
+        except OversizedHeaderListError:
+            raise  # the HPACK bomb: h2 answers ENHANCE_YOUR_CALM
+        except HPACKError as error:
+            raise _CompressionError(f"header block cannot be decoded: {error}") from error
 
 
 class H2ConnectionError(Exception):
@@ -149,6 +177,7 @@ class H2Codec:
             normalize_outbound_headers=False,
         )
         conn = self._conn = H2Connection(config=config)
+        conn.decoder = _Decoder()
         _apply_local_settings(conn, settings)
         self._max_frame = settings.max_frame_size
         self._max_header_block = settings.max_header_list_size

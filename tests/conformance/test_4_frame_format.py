@@ -98,6 +98,13 @@ async def test_4_2_3_headers_frame_above_max_frame_size_is_connection_error(
 # ------------------------------------------------------------ 4.3 Header Compression
 
 
+async def test_4_3_1_invalid_header_block_is_compression_error(client: RawH2Client) -> None:
+    """RFC 9113 §4.3: a header block that cannot be decompressed is a connection error
+    COMPRESSION_ERROR (here: a literal whose string length runs past the block's end)."""
+    client.send(raw_frame(HEADERS, END_STREAM | END_HEADERS, 1, b"\x00\x85\xf2\xb2\x4a\x87"))
+    await client.expect_connection_error(ErrorCodes.COMPRESSION_ERROR)
+
+
 async def test_4_3_2_priority_inside_header_block_is_protocol_error(client: RawH2Client) -> None:
     """RFC 9113 §4.3: a header block is a contiguous sequence of frames; any other frame in
     between (PRIORITY on the same stream) is a connection error PROTOCOL_ERROR."""
