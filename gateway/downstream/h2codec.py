@@ -18,7 +18,9 @@ Where h2 answers otherwise than RFC 9113 requires, this layer corrects it (each 
 tests/conformance, named after its h2spec section):
 
 * a header block HPACK cannot decode is a connection error COMPRESSION_ERROR (§4.3), where h2
-  says PROTOCOL_ERROR.
+  says PROTOCOL_ERROR;
+* a stream h2 resets for the client's stream error (§5.4.2) is reported like a reset from the
+  client, so that its handler stops instead of writing to a closed stream.
 """
 
 from __future__ import annotations
@@ -128,7 +130,7 @@ class StreamEnd(Event):
 
 
 class Reset(Event):
-    """The client reset the stream (RST_STREAM)."""
+    """The stream was reset: by the client (RST_STREAM), or for its stream error."""
 
     __slots__ = ("code",)
 
@@ -235,9 +237,11 @@ class H2Codec:
                 if SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
                     append(WindowOpened(0))
             elif kind is StreamReset:
+                # The client's RST_STREAM, or h2's own answering a stream error of the client
+                # (RFC 9113 §5.4.2: DATA on a half-closed stream, a window overflow): either
+                # way the stream is over, and a response written to it would raise.
                 assert isinstance(event, StreamReset)
-                if event.remote_reset:
-                    append(Reset(event.stream_id, int(event.error_code or 0)))
+                append(Reset(event.stream_id, int(event.error_code or 0)))
             elif kind is PingReceived:
                 append(Ping(0))
             elif kind is ConnectionTerminated:

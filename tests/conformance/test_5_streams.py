@@ -66,6 +66,8 @@ async def test_5_1_idle_stream_frames_are_protocol_error(client: RawH2Client, fr
 @pytest.mark.parametrize(
     ("frame_for", "codes"),
     [
+        pytest.param(_data, (ErrorCodes.STREAM_CLOSED,), id="5_1_5-data"),
+        pytest.param(_headers, (ErrorCodes.STREAM_CLOSED,), id="5_1_6-headers"),
         # A CONTINUATION without its HEADERS is also out of sequence (RFC 9113 §6.10).
         pytest.param(
             _continuation,

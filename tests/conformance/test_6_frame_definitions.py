@@ -157,6 +157,14 @@ async def test_6_frame_is_connection_error(
 # --------------------------------------------------------------------- 6.1 DATA
 
 
+async def test_6_1_2_data_on_half_closed_remote_stream_is_stream_closed(
+    client: RawH2Client,
+) -> None:
+    """RFC 9113 §6.1: DATA on a stream not "open" or "half-closed (local)": STREAM_CLOSED."""
+    client.send(client.headers(1, request_fields("POST")), DataFrame(1, b"late"))
+    await client.expect_stream_error(1, ErrorCodes.STREAM_CLOSED)
+
+
 async def test_6_1_3_data_with_invalid_pad_length_is_protocol_error(client: RawH2Client) -> None:
     """RFC 9113 §6.1: padding as long as the payload or longer is PROTOCOL_ERROR (pad length
     6 in a 5-octet payload)."""
