@@ -20,7 +20,9 @@ tests/conformance, named after its h2spec section):
 * a header block HPACK cannot decode is a connection error COMPRESSION_ERROR (§4.3), where h2
   says PROTOCOL_ERROR;
 * a stream h2 resets for the client's stream error (§5.4.2) is reported like a reset from the
-  client, so that its handler stops instead of writing to a closed stream.
+  client, so that its handler stops instead of writing to a closed stream;
+* a GOAWAY, the client's or a graceful one of the gateway's, lets the streams already open
+  complete (§6.8): h2 would stop sending at once.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from collections.abc import Iterable
 from typing import Final
 
 from h2.config import H2Configuration
-from h2.connection import H2Connection
+from h2.connection import ConnectionState, H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -43,9 +45,11 @@ from h2.events import (
     TrailersReceived,
     WindowUpdated,
 )
+from h2.events import Event as H2Event
 from h2.exceptions import ProtocolError, StreamClosedError
 from h2.settings import SettingCodes
 from hpack import Decoder, HeaderTuple, HPACKError, OversizedHeaderListError
+from hyperframe.frame import Frame, GoAwayFrame
 
 from gateway.config.model import Http2Config
 
@@ -83,6 +87,21 @@ class _Decoder(Decoder):
             raise  # the HPACK bomb: h2 answers ENHANCE_YOUR_CALM
         except HPACKError as error:
             raise _CompressionError(f"header block cannot be decoded: {error}") from error
+
+
+class _H2Connection(H2Connection):
+    """h2's connection, except that a GOAWAY from the client leaves it open."""
+
+    def _receive_goaway_frame(self, frame: GoAwayFrame) -> tuple[list[Frame], list[H2Event]]:
+        # RFC 9113 §6.8: a GOAWAY stops new streams; the streams already open complete (the
+        # client may still send their bodies, and their responses must still be sent). h2
+        # closes its state machine and drops the frames queued, after which neither is
+        # possible: only its event is kept.
+        event = ConnectionTerminated()
+        event.error_code = frame.error_code
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
 
 
 class H2ConnectionError(Exception):
@@ -178,7 +197,7 @@ class H2Codec:
             validate_outbound_headers=False,
             normalize_outbound_headers=False,
         )
-        conn = self._conn = H2Connection(config=config)
+        conn = self._conn = _H2Connection(config=config)
         conn.decoder = _Decoder()
         _apply_local_settings(conn, settings)
         self._max_frame = settings.max_frame_size
@@ -287,8 +306,16 @@ class H2Codec:
 
     def goaway(self, code: int, last_stream_id: int | None = None) -> None:
         """Queue GOAWAY; streams up to ``last_stream_id`` (default: the last one opened) go on."""
+        conn = self._conn
+        machine = conn.state_machine
+        state = machine.state
         with contextlib.suppress(ProtocolError):  # already closed
-            self._conn.close_connection(code, last_stream_id=last_stream_id)
+            conn.close_connection(code, last_stream_id=last_stream_id)
+        if code == NO_ERROR and state is not ConnectionState.CLOSED:
+            # RFC 9113 §6.8: after a graceful GOAWAY the streams up to its last stream
+            # identifier finish; h2's state machine closes on any GOAWAY and would refuse to
+            # send their responses. (New streams are refused by Http2Connection.)
+            machine.state = state
 
     def ack(self, stream_id: int, size: int) -> None:
         """``size`` received bytes of ``stream_id`` were consumed: reopen that much window."""

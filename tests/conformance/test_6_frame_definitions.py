@@ -3,6 +3,8 @@ rules on stream identifiers, lengths, flags and padding (RFC 9113 §6)."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from hyperframe.frame import (
     ContinuationFrame,
@@ -12,9 +14,11 @@ from hyperframe.frame import (
     HeadersFrame,
     PingFrame,
     PriorityFrame,
+    RstStreamFrame,
     SettingsFrame,
 )
 
+from tests.conformance.conftest import Connect, Launch
 from tests.conformance.h2client import (
     CONTINUATION,
     DATA,
@@ -26,6 +30,7 @@ from tests.conformance.h2client import (
     PING,
     PRIORITY,
     PUSH_PROMISE,
+    READ_DEADLINE,
     RST_STREAM,
     SETTINGS,
     WINDOW_UPDATE,
@@ -284,6 +289,61 @@ async def test_6_7_2_ping_ack_is_not_acknowledged(client: RawH2Client) -> None:
 
 
 # --------------------------------------------------------------------- 6.8 GOAWAY
+
+
+async def test_6_8_goaway_lets_open_streams_finish(client: RawH2Client) -> None:
+    """RFC 9113 §6.8: GOAWAY stops new streams; a stream already open completes (the body
+    sent after the client's GOAWAY still reaches the upstream)."""
+    client.send(
+        client.headers(1, request_fields("POST"), end_stream=False),
+        GoAwayFrame(0, last_stream_id=0, error_code=ErrorCodes.NO_ERROR),
+        DataFrame(1, b"after goaway", flags=["END_STREAM"]),
+    )
+    response = await client.response(1)
+    assert response.status == 200
+    assert b"after goaway" in response.body
+
+
+async def test_6_8_graceful_goaway_after_max_requests_lets_the_stream_finish(
+    launch: Launch, connect: Connect
+) -> None:
+    """RFC 9113 §6.8: the gateway's own graceful GOAWAY (NO_ERROR, here after
+    max_requests_per_connection streams) names the last stream it will answer, answers it,
+    and refuses later streams (REFUSED_STREAM: safe to retry elsewhere)."""
+    gateway = await launch(max_requests_per_connection=1)
+    client = await connect(port=gateway.addresses[0][1])
+    client.send(client.headers(1, request_fields("POST"), end_stream=False))
+    while not isinstance(frame := await client.read_frame(), GoAwayFrame):
+        pass
+    assert frame.error_code == ErrorCodes.NO_ERROR
+    assert frame.last_stream_id == 1
+    client.send(client.headers(3))
+    refused = await client.expect_stream_error(3, ErrorCodes.REFUSED_STREAM)
+    assert isinstance(refused, RstStreamFrame)
+    client.send(DataFrame(1, b"body", flags=["END_STREAM"]))
+    response = await client.response(1)
+    assert response.status == 200
+    assert b'"body": "body"' in response.body
+
+
+async def test_6_8_drain_lets_the_open_stream_finish(launch: Launch, connect: Connect) -> None:
+    """RFC 9113 §6.8: a gateway shutting down sends GOAWAY NO_ERROR and still completes the
+    stream in flight before it closes the connection."""
+    gateway = await launch()
+    client = await connect(port=gateway.addresses[0][1])
+    client.send(client.headers(1, request_fields("POST"), end_stream=False))
+    await client.expect_alive()
+    drained = asyncio.ensure_future(gateway.drain(READ_DEADLINE))
+    while not isinstance(frame := await client.read_frame(), GoAwayFrame):
+        pass
+    assert frame.error_code == ErrorCodes.NO_ERROR
+    assert frame.last_stream_id == 1
+    client.send(DataFrame(1, b"late body", flags=["END_STREAM"]))
+    response = await client.response(1)
+    assert response.status == 200
+    assert b"late body" in response.body
+    assert await client.is_closed()
+    await drained
 
 
 # --------------------------------------------------------------- 6.9 WINDOW_UPDATE
