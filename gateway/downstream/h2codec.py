@@ -22,7 +22,8 @@ tests/conformance, named after its h2spec section):
 * a stream h2 resets for the client's stream error (§5.4.2) is reported like a reset from the
   client, so that its handler stops instead of writing to a closed stream;
 * a GOAWAY, the client's or a graceful one of the gateway's, lets the streams already open
-  complete (§6.8): h2 would stop sending at once.
+  complete (§6.8): h2 would stop sending at once;
+* a send window below zero (§6.9.2) is a window to wait on, not a closed stream.
 """
 
 from __future__ import annotations
@@ -324,11 +325,15 @@ class H2Codec:
                 self._conn.acknowledge_received_data(size, stream_id)
 
     def window(self, stream_id: int) -> int:
-        """Bytes that may be sent on ``stream_id`` now (its window and the connection's)."""
+        """Bytes that may be sent on ``stream_id`` now (its window and the connection's);
+        -1 once the stream is closed."""
         try:
-            return self._conn.local_flow_control_window(stream_id)
+            window = self._conn.local_flow_control_window(stream_id)
         except (StreamClosedError, ProtocolError):
             return -1
+        # RFC 9113 §6.9.2: a smaller SETTINGS_INITIAL_WINDOW_SIZE can leave a window below
+        # zero; the stream then waits for WINDOW_UPDATEs like one at zero (not closed).
+        return max(window, 0)
 
     @property
     def max_send_frame(self) -> int:

@@ -70,6 +70,19 @@ async def test_6_9_2_1_window_size_change_applies_to_open_streams(client: RawH2C
     assert len((await _next_data(client, 1)).data) == 1
 
 
+async def test_6_9_2_2_window_may_become_negative(client: RawH2Client) -> None:
+    """RFC 9113 §6.9.2: lowering SETTINGS_INITIAL_WINDOW_SIZE can make a stream's window
+    negative; the sender then waits for WINDOW_UPDATEs to bring it above zero. Window 5, five
+    octets sent, lowered to 3 (window -2), +3: exactly one more octet."""
+    client.send(SettingsFrame(0, {SettingCodes.INITIAL_WINDOW_SIZE: 5}), client.headers(1))
+    assert len((await _next_data(client, 1)).data) == 5
+    client.send(SettingsFrame(0, {SettingCodes.INITIAL_WINDOW_SIZE: 3}))
+    before = await client.expect_alive()
+    assert not [f for f in before if isinstance(f, DataFrame)], before
+    client.send(WindowUpdateFrame(1, 3))
+    assert len((await _next_data(client, 1)).data) == 1
+
+
 @pytest.mark.parametrize("value", [2**31, 2**32 - 1])
 async def test_6_9_2_3_initial_window_above_maximum_is_flow_control_error(
     client: RawH2Client, value: int
