@@ -23,7 +23,9 @@ tests/conformance, named after its h2spec section):
   client, so that its handler stops instead of writing to a closed stream;
 * a GOAWAY, the client's or a graceful one of the gateway's, lets the streams already open
   complete (§6.8): h2 would stop sending at once;
-* a send window below zero (§6.9.2) is a window to wait on, not a closed stream.
+* a send window below zero (§6.9.2) is a window to wait on, not a closed stream;
+* a request whose Content-Length differs from its DATA is malformed (§8.1.1) also when
+  HEADERS or trailers end it, which h2 does not check.
 """
 
 from __future__ import annotations
@@ -185,7 +187,7 @@ class Ping(Event):
 class H2Codec:
     """One server-side HTTP/2 connection's state machine and frame buffers."""
 
-    __slots__ = ("_buffer", "_conn", "_max_frame", "_max_header_block")
+    __slots__ = ("_buffer", "_conn", "_lengths", "_max_frame", "_max_header_block")
 
     def __init__(self, settings: Http2Config) -> None:
         config = H2Configuration(
@@ -202,6 +204,9 @@ class H2Codec:
         conn.decoder = _Decoder()
         _apply_local_settings(conn, settings)
         self._max_frame = settings.max_frame_size
+        # Streams whose request declared a Content-Length, until their end: [declared, DATA
+        # octets received].
+        self._lengths: dict[int, list[int]] = {}
         self._max_header_block = settings.max_header_list_size
         self._buffer = conn.incoming_buffer
 
@@ -230,17 +235,31 @@ class H2Codec:
             kind = type(event)
             if kind is RequestReceived:
                 assert isinstance(event, RequestReceived)
+                stream_id = event.stream_id
+                headers = list(event.headers)
                 ended = event.stream_ended is not None
-                append(RequestHeaders(event.stream_id, list(event.headers), ended))
+                declared = _content_length(headers)
+                if declared is not None:
+                    if ended and declared:
+                        append(self._malformed(stream_id))
+                        continue
+                    if not ended:
+                        self._lengths[stream_id] = [declared, 0]
+                append(RequestHeaders(stream_id, headers, ended))
                 if ended:
-                    append(StreamEnd(event.stream_id))
+                    append(StreamEnd(stream_id))
             elif kind is DataReceived:
                 assert isinstance(event, DataReceived)
-                append(
-                    BodyData(event.stream_id, event.data or b"", event.flow_controlled_length or 0)
-                )
+                stream_id = event.stream_id
+                data = event.data or b""
+                append(BodyData(stream_id, data, event.flow_controlled_length or 0))
+                counted = self._lengths.get(stream_id)
+                if counted is not None:
+                    counted[1] += len(data)
                 if event.stream_ended is not None:
-                    append(StreamEnd(event.stream_id))
+                    # h2 compared a Content-Length with the DATA that ended the stream.
+                    self._lengths.pop(stream_id, None)
+                    append(StreamEnd(stream_id))
             elif kind is StreamEnded:
                 # Reported with the HEADERS or DATA event that carried END_STREAM (above)
                 # unless it ended the stream on its own (after trailers).
@@ -248,7 +267,12 @@ class H2Codec:
             elif kind is TrailersReceived:
                 # Trailer fields are dropped, never merged into the head (RFC 9110 §6.5.1).
                 assert isinstance(event, TrailersReceived)
-                append(StreamEnd(event.stream_id))
+                stream_id = event.stream_id
+                counted = self._lengths.pop(stream_id, None)
+                if counted is not None and counted[0] != counted[1]:
+                    append(self._malformed(stream_id))
+                else:
+                    append(StreamEnd(stream_id))
             elif kind is WindowUpdated:
                 assert isinstance(event, WindowUpdated)
                 append(WindowOpened(event.stream_id))
@@ -261,6 +285,7 @@ class H2Codec:
                 # (RFC 9113 §5.4.2: DATA on a half-closed stream, a window overflow): either
                 # way the stream is over, and a response written to it would raise.
                 assert isinstance(event, StreamReset)
+                self._lengths.pop(event.stream_id, None)
                 append(Reset(event.stream_id, int(event.error_code or 0)))
             elif kind is PingReceived:
                 append(Ping(0))
@@ -268,6 +293,13 @@ class H2Codec:
                 assert isinstance(event, ConnectionTerminated)
                 append(GoAway(int(event.error_code or 0)))
         return events
+
+    def _malformed(self, stream_id: int) -> Reset:
+        """A request whose Content-Length is not the length of its DATA: malformed, a stream
+        error PROTOCOL_ERROR, and not to be forwarded (RFC 9113 §8.1.1). h2 checks this only
+        when DATA ends the stream, not when HEADERS or trailers do."""
+        self.reset(stream_id, PROTOCOL_ERROR)
+        return Reset(stream_id, PROTOCOL_ERROR)
 
     def _check_buffers(self) -> None:
         """Refuse what h2 would otherwise keep buffering (see the module's docstring)."""
@@ -302,6 +334,7 @@ class H2Codec:
 
     def reset(self, stream_id: int, code: int) -> None:
         """RST_STREAM ``stream_id`` unless it is closed already."""
+        self._lengths.pop(stream_id, None)
         with contextlib.suppress(StreamClosedError, ProtocolError):
             self._conn.reset_stream(stream_id, code)
 
@@ -350,6 +383,14 @@ class H2Codec:
 
     def outgoing(self) -> bytes:
         return self._conn.data_to_send()
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    """A request's Content-Length (h2 checked it: digits only, repeated values equal)."""
+    for name, value in headers:
+        if name == b"content-length":
+            return int(value)
+    return None
 
 
 def _apply_local_settings(conn: H2Connection, settings: Http2Config) -> None:

@@ -118,6 +118,54 @@ async def test_8_1_2_6_content_length_mismatch_is_protocol_error(
     await client.expect_stream_error(1, PROTOCOL_ERROR)
 
 
+async def test_8_1_2_6_content_length_with_end_stream_on_headers_is_protocol_error(
+    client: RawH2Client,
+) -> None:
+    """RFC 9113 §8.1.1: content-length 4 on a request that HEADERS ended (no DATA) is
+    malformed; forwarded, it would reach the upstream as a request with no body."""
+    client.send(client.headers(1, request_fields("POST", extra=[("content-length", "4")])))
+    await client.expect_stream_error(1, PROTOCOL_ERROR)
+    client.send(client.headers(3))
+    assert (await client.response(3)).status == 200
+
+
+async def test_8_1_2_6_content_length_with_trailers_is_checked(client: RawH2Client) -> None:
+    """RFC 9113 §8.1.1: the same when trailers end the request: 10 declared, 4 sent."""
+    client.send(
+        client.headers(
+            1, request_fields("POST", extra=[("content-length", "10")]), end_stream=False
+        ),
+        DataFrame(1, b"abcd"),
+        client.headers(1, [("x-trailer", "1")]),
+    )
+    await client.expect_stream_error(1, PROTOCOL_ERROR)
+
+
+@pytest.mark.parametrize(
+    ("declared", "frames"),
+    [
+        pytest.param("0", [], id="zero_no_data"),
+        pytest.param("4", [b"ab", b"cd"], id="equal_with_trailers"),
+    ],
+)
+async def test_8_1_2_6_matching_content_length_is_forwarded(
+    client: RawH2Client, declared: str, frames: list[bytes]
+) -> None:
+    """RFC 9113 §8.1.1: a content-length equal to the DATA sent (none, or with trailers)."""
+    fields = request_fields("POST", extra=[("content-length", declared)])
+    if frames:
+        client.send(
+            client.headers(1, fields, end_stream=False),
+            *(DataFrame(1, chunk) for chunk in frames),
+            client.headers(1, [("x-trailer", "1")]),
+        )
+    else:
+        client.send(client.headers(1, fields))
+    response = await client.response(1)
+    assert response.status == 200
+    assert json.loads(response.body)["body"] == "".join(c.decode() for c in frames)
+
+
 @pytest.mark.parametrize(
     ("extra", "name", "upstream_sees"),
     [
