@@ -25,7 +25,9 @@ tests/conformance, named after its h2spec section):
   complete (§6.8): h2 would stop sending at once;
 * a send window below zero (§6.9.2) is a window to wait on, not a closed stream;
 * a request whose Content-Length differs from its DATA is malformed (§8.1.1) also when
-  HEADERS or trailers end it, which h2 does not check.
+  HEADERS or trailers end it, which h2 does not check;
+* a SETTINGS ACK with a payload is FRAME_SIZE_ERROR (§6.5), and the reserved bit of a
+  WINDOW_UPDATE's increment is ignored (§6.9), where hyperframe has PROTOCOL_ERROR for both.
 """
 
 from __future__ import annotations
@@ -49,7 +51,8 @@ from h2.events import (
     WindowUpdated,
 )
 from h2.events import Event as H2Event
-from h2.exceptions import ProtocolError, StreamClosedError
+from h2.exceptions import FrameDataMissingError, ProtocolError, StreamClosedError
+from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes
 from hpack import Decoder, HeaderTuple, HPACKError, OversizedHeaderListError
 from hyperframe.frame import Frame, GoAwayFrame
@@ -70,6 +73,10 @@ FRAME_SIZE_ERROR: Final = int(ErrorCodes.FRAME_SIZE_ERROR)
 PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 _FRAME_HEADER: Final = 9
+# RFC 9113 §6.5, §6.9: frame types and the flag the frame buffer checks.
+_SETTINGS: Final = 0x4
+_WINDOW_UPDATE: Final = 0x8
+_ACK: Final = 0x1
 
 
 class _CompressionError(ProtocolError):
@@ -90,6 +97,24 @@ class _Decoder(Decoder):
             raise  # the HPACK bomb: h2 answers ENHANCE_YOUR_CALM
         except HPACKError as error:
             raise _CompressionError(f"header block cannot be decoded: {error}") from error
+
+
+class _FrameBuffer(FrameBuffer):
+    """h2's frame buffer, with two frame rules that hyperframe gets wrong applied first."""
+
+    def __next__(self) -> Frame:
+        data = self._data
+        if len(data) >= _FRAME_HEADER and data[:3] != b"\x00\x00\x00":
+            kind = data[3]
+            if kind == _SETTINGS and data[4] & _ACK:
+                # RFC 9113 §6.5: a SETTINGS ACK with a payload is a connection error
+                # FRAME_SIZE_ERROR (hyperframe calls it invalid data: PROTOCOL_ERROR).
+                raise FrameDataMissingError("SETTINGS ACK with a payload")
+            if kind == _WINDOW_UPDATE and len(data) > _FRAME_HEADER:
+                # RFC 9113 §6.9: the increment's reserved bit is ignored on receipt;
+                # hyperframe counts it and refuses the increment as above 2^31-1.
+                data[_FRAME_HEADER] &= 0x7F
+        return super().__next__()
 
 
 class _H2Connection(H2Connection):
@@ -202,6 +227,7 @@ class H2Codec:
         )
         conn = self._conn = _H2Connection(config=config)
         conn.decoder = _Decoder()
+        conn.incoming_buffer = _FrameBuffer(server=True)
         _apply_local_settings(conn, settings)
         self._max_frame = settings.max_frame_size
         # Streams whose request declared a Content-Length, until their end: [declared, DATA

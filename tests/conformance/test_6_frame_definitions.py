@@ -4,6 +4,7 @@ rules on stream identifiers, lengths, flags and padding (RFC 9113 §6)."""
 from __future__ import annotations
 
 import asyncio
+import struct
 
 import pytest
 from hyperframe.frame import (
@@ -20,6 +21,7 @@ from hyperframe.frame import (
 
 from tests.conformance.conftest import Connect, Launch
 from tests.conformance.h2client import (
+    ACK,
     CONTINUATION,
     DATA,
     END_HEADERS,
@@ -78,6 +80,11 @@ _CONNECTION_ERRORS = [
         id="6_4_2-rst_stream_on_idle_stream",
     ),
     # 6.5 SETTINGS
+    pytest.param(
+        raw_frame(SETTINGS, ACK, 0, settings_payload([(SettingCodes.ENABLE_PUSH, 0)])),
+        FRAME_SIZE_ERROR,
+        id="6_5_1-settings_ack_with_payload",
+    ),
     pytest.param(
         raw_frame(SETTINGS, 0, 1, settings_payload([(SettingCodes.ENABLE_PUSH, 0)])),
         PROTOCOL_ERROR,
@@ -356,6 +363,34 @@ async def test_6_9_2_window_update_0_on_stream_is_protocol_error(client: RawH2Cl
         raw_frame(WINDOW_UPDATE, 0, 1, b"\x00\x00\x00\x00"),
     )
     await client.expect_stream_error(1, PROTOCOL_ERROR)
+
+
+async def test_6_9_window_update_reserved_bit_is_ignored(client: RawH2Client) -> None:
+    """RFC 9113 §6.9: the increment's reserved bit is ignored (an increment of 1 here)."""
+    client.send(raw_frame(WINDOW_UPDATE, 0, 0, struct.pack(">I", 0x80000001)))
+    await client.expect_alive()
+
+
+async def test_6_9_window_update_reserved_bit_on_a_stream_is_ignored(
+    client: RawH2Client,
+) -> None:
+    """RFC 9113 §6.9: the same on a stream: with SETTINGS_INITIAL_WINDOW_SIZE 0 nothing is
+    sent until the WINDOW_UPDATE, whose increment (1, reserved bit set) lets one octet out."""
+    client.send(SettingsFrame(0, {SettingCodes.INITIAL_WINDOW_SIZE: 0}), client.headers(1))
+    await client.expect_alive()
+    client.send(raw_frame(WINDOW_UPDATE, 0, 1, struct.pack(">I", 0x80000001)))
+    while not isinstance(frame := await client.read_frame(), DataFrame):
+        assert not isinstance(frame, (GoAwayFrame, RstStreamFrame)), frame
+    assert len(frame.data) == 1
+
+
+async def test_6_5_settings_ack_then_next_frame_in_one_read(client: RawH2Client) -> None:
+    """RFC 9113 §6.5.3: an empty SETTINGS ACK (for no outstanding SETTINGS, ignored) read
+    together with the next frame is not mistaken for one with a payload."""
+    client.send(SettingsFrame(0, flags=["ACK"]), PingFrame(0, b"together"))
+    while not isinstance(frame := await client.read_frame(), PingFrame):
+        assert not isinstance(frame, GoAwayFrame), frame
+    assert frame.opaque_data == b"together"
 
 
 # ------------------------------------------------------------ 6.10 CONTINUATION
