@@ -27,7 +27,9 @@ tests/conformance, named after its h2spec section):
 * a request whose Content-Length differs from its DATA is malformed (§8.1.1) also when
   HEADERS or trailers end it, which h2 does not check;
 * a SETTINGS ACK with a payload is FRAME_SIZE_ERROR (§6.5), and the reserved bit of a
-  WINDOW_UPDATE's increment is ignored (§6.9), where hyperframe has PROTOCOL_ERROR for both.
+  WINDOW_UPDATE's increment is ignored (§6.9), where hyperframe has PROTOCOL_ERROR for both;
+* a stream beyond SETTINGS_MAX_CONCURRENT_STREAMS is refused alone (§5.1.2), where h2 would
+  end the connection.
 """
 
 from __future__ import annotations
@@ -73,6 +75,7 @@ FRAME_SIZE_ERROR: Final = int(ErrorCodes.FRAME_SIZE_ERROR)
 PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 _FRAME_HEADER: Final = 9
+_NO_STREAM_LIMIT: Final = 2**31 - 1
 # RFC 9113 §6.5, §6.9: frame types and the flag the frame buffer checks.
 _SETTINGS: Final = 0x4
 _WINDOW_UPDATE: Final = 0x8
@@ -241,6 +244,13 @@ class H2Codec:
         ``connection_window`` (RFC 9113 §6.9.2: only a WINDOW_UPDATE changes it)."""
         conn = self._conn
         conn.initiate_connection()
+        # RFC 9113 §5.1.2: a stream beyond SETTINGS_MAX_CONCURRENT_STREAMS is a stream error;
+        # Http2Connection refuses it (REFUSED_STREAM: the client may retry it). h2 would end
+        # the connection and every stream on it (TooManyStreamsError), so its own count is
+        # lifted once the limit is advertised.
+        local = conn.local_settings
+        local[SettingCodes.MAX_CONCURRENT_STREAMS] = _NO_STREAM_LIMIT
+        local.acknowledge()
         increment = connection_window - conn.inbound_flow_control_window
         if increment > 0:
             conn.increment_flow_control_window(increment)

@@ -17,12 +17,14 @@ from hyperframe.frame import (
     WindowUpdateFrame,
 )
 
+from tests.conformance.conftest import Connect, Launch
 from tests.conformance.h2client import (
     CONTINUATION,
     END_HEADERS,
     PING,
     ErrorCodes,
     RawH2Client,
+    SettingCodes,
     raw_frame,
     request_fields,
 )
@@ -157,6 +159,32 @@ async def test_5_1_1_skipped_ids_are_closed_implicitly(client: RawH2Client) -> N
 
 
 # ------------------------------------------------------------ 5.1.2 Stream Concurrency
+
+
+# ------------------------------------------------------------ 5.1.2 Stream Concurrency
+
+
+async def test_5_1_2_1_streams_beyond_max_concurrent_are_refused(
+    launch: Launch, connect: Connect
+) -> None:
+    """RFC 9113 §5.1.2: a HEADERS that opens more streams than SETTINGS_MAX_CONCURRENT_STREAMS
+    is a stream error PROTOCOL_ERROR or REFUSED_STREAM. h2spec would pass a connection error
+    too; the gateway refuses that stream alone (REFUSED_STREAM, safe to retry), so the
+    streams within the limit are served."""
+    gateway = await launch(max_concurrent_streams=2)
+    client = await connect(port=gateway.addresses[0][1])
+    assert client.server_settings[SettingCodes.MAX_CONCURRENT_STREAMS] == 2
+    post = request_fields("POST")
+    client.send(
+        client.headers(1, post, end_stream=False),
+        client.headers(3, post, end_stream=False),
+        client.headers(5, post, end_stream=False),
+    )
+    refused = await client.expect_stream_error(5, ErrorCodes.REFUSED_STREAM)
+    assert isinstance(refused, RstStreamFrame)
+    client.send(DataFrame(1, b"one", flags=["END_STREAM"]), DataFrame(3, b"", flags=["END_STREAM"]))
+    assert (await client.response(1)).status == 200
+    assert (await client.response(3)).status == 200
 
 
 # ------------------------------------------------------------------------- 5.3 Priority
