@@ -215,7 +215,7 @@ class Ping(Event):
 class H2Codec:
     """One server-side HTTP/2 connection's state machine and frame buffers."""
 
-    __slots__ = ("_buffer", "_conn", "_lengths", "_max_frame", "_max_header_block")
+    __slots__ = ("_buffer", "_conn", "_ended", "_lengths", "_max_frame", "_max_header_block")
 
     def __init__(self, settings: Http2Config) -> None:
         config = H2Configuration(
@@ -238,6 +238,8 @@ class H2Codec:
         self._lengths: dict[int, list[int]] = {}
         self._max_header_block = settings.max_header_list_size
         self._buffer = conn.incoming_buffer
+        # A GOAWAY for a connection error is queued: the connection ends, no other follows.
+        self._ended = False
 
     def start(self, connection_window: int) -> None:
         """Queue the server preface (SETTINGS) and open the connection's receive window to
@@ -262,6 +264,8 @@ class H2Codec:
         try:
             received = self._conn.receive_data(data)
         except ProtocolError as error:
+            # h2 queued its GOAWAY (unless the preface itself was wrong: nothing parsed yet).
+            self._ended = self._conn.state_machine.state is ConnectionState.CLOSED
             code = int(getattr(error, "error_code", PROTOCOL_ERROR))
             raise H2ConnectionError(code, str(error) or type(error).__name__) from None
         self._check_buffers()
@@ -375,7 +379,11 @@ class H2Codec:
             self._conn.reset_stream(stream_id, code)
 
     def goaway(self, code: int, last_stream_id: int | None = None) -> None:
-        """Queue GOAWAY; streams up to ``last_stream_id`` (default: the last one opened) go on."""
+        """Queue GOAWAY; streams up to ``last_stream_id`` (default: the last one opened) go on.
+
+        Once a connection error's GOAWAY is queued (by h2 or here), no other is."""
+        if self._ended:
+            return
         conn = self._conn
         machine = conn.state_machine
         state = machine.state
@@ -386,6 +394,8 @@ class H2Codec:
             # identifier finish; h2's state machine closes on any GOAWAY and would refuse to
             # send their responses. (New streams are refused by Http2Connection.)
             machine.state = state
+        else:
+            self._ended = True
 
     def ack(self, stream_id: int, size: int) -> None:
         """``size`` received bytes of ``stream_id`` were consumed: reopen that much window."""

@@ -229,8 +229,18 @@ class RawH2Client:
         assert frame.error_code in codes, self._trail(
             f"GOAWAY {_name(frame.error_code)}, expected one of {[c.name for c in codes]}"
         )
-        assert await self.is_closed(), "the connection stayed open after GOAWAY"
+        await self._closed_after(frame)
         return frame
+
+    async def _closed_after(self, goaway: GoAwayFrame) -> None:
+        """After a connection error's GOAWAY: the connection closes, with no second GOAWAY
+        for the same error (RFC 9113 §6.8 allows several, the last stream identifier only
+        falling, but a repeat says nothing new)."""
+        assert await self.is_closed(), "the connection stayed open after GOAWAY"
+        same = [
+            f for f in self.seen if isinstance(f, GoAwayFrame) and f.error_code == goaway.error_code
+        ]
+        assert len(same) == 1, self._trail("more than one GOAWAY for one error")
 
     async def expect_stream_error(self, stream_id: int, *codes: ErrorCodes) -> Frame:
         """A stream error (RFC 9113 §5.4.2): RST_STREAM on ``stream_id`` with one of ``codes``.
@@ -250,7 +260,7 @@ class RawH2Client:
                 assert frame.error_code in codes, self._trail(
                     f"GOAWAY {_name(frame.error_code)}, expected one of {[c.name for c in codes]}"
                 )
-                assert await self.is_closed(), "the connection stayed open after GOAWAY"
+                await self._closed_after(frame)
                 return frame
 
     async def expect_alive(self, data: bytes | None = None) -> list[Frame]:
