@@ -236,15 +236,21 @@ async def test_5_3_priority_is_ignored_never_an_error(
 # ----------------------------------------------------------------- 5.4 Error Handling
 
 
-@pytest.mark.parametrize("case", ["5_4_1_1", "5_4_1_2"])
+@pytest.mark.parametrize(
+    ("frame", "code"),
+    [
+        pytest.param(raw_frame(PING, 0, 0, b"short!"), ErrorCodes.FRAME_SIZE_ERROR, id="5_4_1_1"),
+        pytest.param(raw_frame(PING, 0, 1, b"stream 1"), ErrorCodes.PROTOCOL_ERROR, id="5_4_1_2"),
+    ],
+)
 async def test_5_4_1_connection_error_sends_goaway_and_closes(
-    client: RawH2Client, case: str
+    client: RawH2Client, frame: bytes, code: ErrorCodes
 ) -> None:
-    """RFC 9113 §5.4.1: on a connection error the endpoint sends GOAWAY and closes the TCP
-    connection (an 8-octet PING of 6 octets: FRAME_SIZE_ERROR). 5.4.1/1 checks the close,
-    5.4.1/2 the GOAWAY; expect_connection_error checks both."""
-    client.send(raw_frame(PING, 0, 0, b"short!"))
-    goaway = await client.expect_connection_error(ErrorCodes.FRAME_SIZE_ERROR)
+    """RFC 9113 §5.4.1: on a connection error the endpoint sends GOAWAY, naming the last
+    stream it processed (none here), and closes the TCP connection. An invalid PING: of 6
+    octets (FRAME_SIZE_ERROR), or on a stream (PROTOCOL_ERROR)."""
+    client.send(frame)
+    goaway = await client.expect_connection_error(code)
     assert goaway.last_stream_id == 0
 
 

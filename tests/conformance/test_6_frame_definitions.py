@@ -35,10 +35,16 @@ from tests.conformance.h2client import (
     READ_DEADLINE,
     RST_STREAM,
     SETTINGS,
+    STATIC_AUTHORITY,
+    STATIC_METHOD_POST,
+    STATIC_PATH_ROOT,
+    STATIC_SCHEME_HTTP,
     WINDOW_UPDATE,
     ErrorCodes,
     RawH2Client,
     SettingCodes,
+    indexed,
+    literal,
     raw_frame,
     request_fields,
     settings_payload,
@@ -408,52 +414,56 @@ async def test_6_10_1_field_per_continuation_frame(client: RawH2Client) -> None:
     assert b'"x-b", "2"' in (await client.response(1)).body
 
 
+# POST / as static-table entries and a literal: the same octets on any connection.
+_POST = (
+    indexed(STATIC_METHOD_POST)
+    + indexed(STATIC_SCHEME_HTTP)
+    + indexed(STATIC_PATH_ROOT)
+    + literal(STATIC_AUTHORITY, b"example.test")
+)
+
+
 @pytest.mark.parametrize(
-    "case",
-    ["6_10_2-followed_by_data", "6_10_4-after_end_headers", "6_10_5-after_continuation_end"],
+    "frames",
+    [
+        pytest.param(
+            [raw_frame(HEADERS, 0, 1, _POST), raw_frame(DATA, END_STREAM, 1, b"x")],
+            id="6_10_2-block_followed_by_data",
+        ),
+        pytest.param(
+            [raw_frame(HEADERS, END_HEADERS, 1, _POST), raw_frame(CONTINUATION, END_HEADERS, 1)],
+            id="6_10_4-after_end_headers",
+        ),
+        pytest.param(
+            [
+                raw_frame(HEADERS, 0, 1, _POST[:2]),
+                raw_frame(CONTINUATION, END_HEADERS, 1, _POST[2:]),
+                raw_frame(CONTINUATION, END_HEADERS, 1),
+            ],
+            id="6_10_5-after_continuation_with_end_headers",
+        ),
+        pytest.param(
+            [
+                raw_frame(HEADERS, END_HEADERS, 1, _POST),
+                raw_frame(DATA, 0, 1, b"body"),
+                raw_frame(CONTINUATION, END_HEADERS, 1),
+            ],
+            id="6_10_6-after_data",
+        ),
+        pytest.param(
+            [
+                raw_frame(HEADERS, END_STREAM, 1, _POST[:2]),
+                raw_frame(CONTINUATION, END_HEADERS, 3, _POST[2:]),
+            ],
+            id="6_10-for_another_stream",
+        ),
+    ],
 )
 async def test_6_10_continuation_out_of_sequence_is_protocol_error(
-    client: RawH2Client, case: str
+    client: RawH2Client, frames: list[bytes]
 ) -> None:
     """RFC 9113 §6.10: CONTINUATION must follow a HEADERS, PUSH_PROMISE or CONTINUATION
-    without END_HEADERS, and a block without END_HEADERS must be followed by CONTINUATION;
-    anything else is a connection error PROTOCOL_ERROR."""
-    block = client.encode(request_fields("POST"))
-    frames: list[Frame | bytes]
-    if case.startswith("6_10_2"):
-        frames = [HeadersFrame(1, block), raw_frame(DATA, END_STREAM, 1, b"x")]
-    elif case.startswith("6_10_4"):
-        frames = [
-            HeadersFrame(1, block, flags=["END_HEADERS"]),
-            raw_frame(CONTINUATION, END_HEADERS, 1, b""),
-        ]
-    else:
-        frames = [
-            HeadersFrame(1, block[:4]),
-            ContinuationFrame(1, block[4:], flags=["END_HEADERS"]),
-            raw_frame(CONTINUATION, END_HEADERS, 1, b""),
-        ]
+    without END_HEADERS on the same stream, and such a frame must be followed by
+    CONTINUATION; anything else is a connection error PROTOCOL_ERROR."""
     client.send(*frames)
-    await client.expect_connection_error(PROTOCOL_ERROR)
-
-
-async def test_6_10_6_continuation_after_data_is_protocol_error(client: RawH2Client) -> None:
-    """RFC 9113 §6.10: a CONTINUATION after DATA is out of sequence: PROTOCOL_ERROR."""
-    client.send(
-        client.headers(1, request_fields("POST"), end_stream=False),
-        DataFrame(1, b"body"),
-        raw_frame(CONTINUATION, END_HEADERS, 1, b""),
-    )
-    await client.expect_connection_error(PROTOCOL_ERROR)
-
-
-async def test_6_10_continuation_for_another_stream_is_protocol_error(
-    client: RawH2Client,
-) -> None:
-    """RFC 9113 §6.10: a CONTINUATION must be on the stream of the open block."""
-    block = client.encode(request_fields())
-    client.send(
-        HeadersFrame(1, block[:4], flags=["END_STREAM"]),
-        ContinuationFrame(3, block[4:], flags=["END_HEADERS"]),
-    )
     await client.expect_connection_error(PROTOCOL_ERROR)

@@ -23,6 +23,12 @@ from tests.conformance.h2client import (
 _FIRST_INVALID = 62
 
 
+def _huffman_field(coded: bytes) -> bytes:
+    """A literal field `x-test` whose value is ``coded`` as a Huffman string (RFC 7541 §5.2),
+    octets given as they are (the cases below are strings no encoder would produce)."""
+    return literal(b"x-test", b"")[:-1] + hpack_int(len(coded), 7, 0x80) + coded
+
+
 @pytest.mark.parametrize(
     "block",
     [
@@ -32,21 +38,16 @@ _FIRST_INVALID = 62
             id="2_3_3_2-literal_name_index_past_the_tables",
         ),
         pytest.param(GET_BLOCK + table_size_update(0), id="4_2_1-table_size_update_at_end"),
-        # RFC 7541 §5.2: "padding strictly longer than 7 bits": 'a' (00011) then 0xff 0xff.
+        # RFC 7541 §5.2: "a padding strictly longer than 7 bits": 'a' (00011), then 19 ones.
         pytest.param(
-            GET_BLOCK + literal(b"x-test", b"")[:-1] + hpack_int(3, 7, 0x80) + b"\x1f\xff\xff",
-            id="5_2_1-huffman_padding_over_7_bits",
+            GET_BLOCK + _huffman_field(b"\x1f\xff\xff"), id="5_2_1-huffman_padding_over_7_bits"
         ),
-        # RFC 7541 §5.2: padding not the most significant bits of EOS: 'a' then 000.
+        # RFC 7541 §5.2: a padding not made of the most significant bits of EOS: 'a', 000.
         pytest.param(
-            GET_BLOCK + literal(b"x-test", b"")[:-1] + hpack_int(1, 7, 0x80) + b"\x18",
-            id="5_2_2-huffman_padding_not_eos_prefix",
+            GET_BLOCK + _huffman_field(b"\x18"), id="5_2_2-huffman_padding_not_eos_prefix"
         ),
         # RFC 7541 §5.2: the EOS symbol (30 ones) inside a string.
-        pytest.param(
-            GET_BLOCK + literal(b"x-test", b"")[:-1] + hpack_int(4, 7, 0x80) + b"\xff\xff\xff\xff",
-            id="5_2_3-huffman_eos_symbol",
-        ),
+        pytest.param(GET_BLOCK + _huffman_field(b"\xff" * 4), id="5_2_3-huffman_eos_symbol"),
         pytest.param(GET_BLOCK + indexed(0), id="6_1_1-index_0"),
         pytest.param(table_size_update(4097) + GET_BLOCK, id="6_3_1-table_size_above_setting"),
         pytest.param(GET_BLOCK + b"\x40", id="4_3_1-truncated_literal"),
