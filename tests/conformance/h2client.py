@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import struct
+from collections import defaultdict, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from ssl import SSLContext
@@ -126,6 +127,10 @@ class RawH2Client:
         self.server_settings: dict[int, int] = {}
         # Every frame read, in order (for the message of a failed assertion).
         self.seen: list[Frame] = []
+        # Frames read but not yet taken by `stream_frame`, and decoded header blocks, by stream.
+        self._unread: defaultdict[int, deque[Frame]] = defaultdict(deque)
+        self._fields: defaultdict[int, deque[list[tuple[str, str]]]] = defaultdict(deque)
+        self._block = bytearray()
         self._ping_counter = 0
 
     @classmethod
@@ -201,7 +206,29 @@ class RawH2Client:
             raise ConnectionClosed(self._trail("connection closed mid-frame")) from None
         frame.parse_body(memoryview(body))
         self.seen.append(frame)
+        if isinstance(frame, (HeadersFrame, ContinuationFrame)):
+            # Every block is decoded as it arrives, whoever reads the frame: HPACK's dynamic
+            # table is the connection's, in the order of the blocks (RFC 7541 §2.2).
+            self._block += frame.data
+            if "END_HEADERS" in frame.flags:
+                decoded = self.decoder.decode(bytes(self._block), raw=True)
+                self._block.clear()
+                self._fields[frame.stream_id].append(
+                    [(name.decode("latin-1"), value.decode("latin-1")) for name, value in decoded]
+                )
+        if frame.stream_id:
+            self._unread[frame.stream_id].append(frame)
         return frame
+
+    async def stream_frame(self, stream_id: int) -> Frame:
+        """The next frame of ``stream_id``, including one already read while waiting for
+        another stream's."""
+        queue = self._unread[stream_id]
+        while not queue:
+            frame = await self.read_frame()
+            if isinstance(frame, GoAwayFrame) and frame.error_code:
+                raise AssertionError(self._trail(f"GOAWAY while reading stream {stream_id}"))
+        return queue.popleft()
 
     async def is_closed(self) -> bool:
         """Read until the gateway closes the connection (frames still in flight are skipped);
@@ -283,32 +310,22 @@ class RawH2Client:
             before.append(frame)
 
     async def response(self, stream_id: int, *, window_updates: bool = True) -> Response:
-        """Read the complete response on ``stream_id`` (frames of other streams are skipped).
+        """Read the complete response on ``stream_id`` (frames of other streams stay queued).
 
         With ``window_updates`` each DATA frame's length is given back to both windows, so a
         body of any size arrives.
         """
-        block = b""
         status = 0
         headers: list[tuple[str, str]] = []
         body = bytearray()
         data_frames: list[DataFrame] = []
         while True:
-            frame = await self.read_frame()
-            if isinstance(frame, GoAwayFrame):
-                raise AssertionError(self._trail("GOAWAY instead of a response"))
-            if frame.stream_id != stream_id:
-                continue
+            frame = await self.stream_frame(stream_id)
             if isinstance(frame, RstStreamFrame):
                 raise AssertionError(self._trail("RST_STREAM instead of a response"))
             if isinstance(frame, (HeadersFrame, ContinuationFrame)):
-                block += frame.data
                 if "END_HEADERS" in frame.flags:
-                    decoded = [
-                        (name.decode("latin-1"), value.decode("latin-1"))
-                        for name, value in self.decoder.decode(block, raw=True)
-                    ]
-                    block = b""
+                    decoded = self._fields[stream_id].popleft()
                     code = int(dict(decoded).get(":status", "0"))
                     if not status and code >= 200:
                         status = code
