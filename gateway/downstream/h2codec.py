@@ -30,6 +30,10 @@ tests/conformance, named after its h2spec section):
   WINDOW_UPDATE's increment is ignored (§6.9), where hyperframe has PROTOCOL_ERROR for both;
 * a stream beyond SETTINGS_MAX_CONCURRENT_STREAMS is refused alone (§5.1.2), where h2 would
   end the connection.
+
+Some of these reach into h2 4.x's internals (its FrameBuffer and H2Connection subclassed, its
+connection state machine restored after a graceful GOAWAY); pyproject.toml keeps h2 below 5,
+and tests/conformance fails if an upgrade changes them.
 """
 
 from __future__ import annotations
