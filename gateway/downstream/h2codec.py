@@ -13,16 +13,38 @@ bounds what h2 would buffer before it checks (HARDENING.md; RFC 9113 §10.5):
 * a header block still arriving (HEADERS and CONTINUATION frames, the CONTINUATION flood of
   2024) may not grow beyond SETTINGS_MAX_HEADER_LIST_SIZE encoded bytes, and decoded (the HPACK
   bomb) beyond the same: GOAWAY ENHANCE_YOUR_CALM.
+
+Where h2 answers otherwise than RFC 9113 requires, this layer corrects it (each case is in
+tests/conformance, named after its h2spec section):
+
+* a header block HPACK cannot decode is a connection error COMPRESSION_ERROR (§4.3), where h2
+  says PROTOCOL_ERROR;
+* a stream h2 resets for the client's stream error (§5.4.2) is reported like a reset from the
+  client, so that its handler stops instead of writing to a closed stream;
+* a GOAWAY, the client's or a graceful one of the gateway's, lets the streams already open
+  complete (§6.8): h2 would stop sending at once;
+* a send window below zero (§6.9.2) is a window to wait on, not a closed stream;
+* a request whose Content-Length differs from its DATA is malformed (§8.1.1) also when
+  HEADERS or trailers end it, which h2 does not check;
+* a SETTINGS ACK with a payload is FRAME_SIZE_ERROR (§6.5), and the reserved bit of a
+  WINDOW_UPDATE's increment is ignored (§6.9), where hyperframe has PROTOCOL_ERROR for both;
+* a stream beyond SETTINGS_MAX_CONCURRENT_STREAMS is refused alone (§5.1.2), where h2 would
+  end the connection.
+
+Some of these reach into h2 4.x's internals (its FrameBuffer and H2Connection subclassed, its
+connection state machine restored after a graceful GOAWAY); pyproject.toml keeps h2 below 5,
+and tests/conformance fails if an upgrade changes them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+from collections.abc import Iterable
 from typing import Final
 
 from h2.config import H2Configuration
-from h2.connection import H2Connection
+from h2.connection import ConnectionState, H2Connection
 from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
@@ -35,9 +57,12 @@ from h2.events import (
     TrailersReceived,
     WindowUpdated,
 )
-from h2.exceptions import ProtocolError, StreamClosedError
+from h2.events import Event as H2Event
+from h2.exceptions import FrameDataMissingError, ProtocolError, StreamClosedError
+from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes
-from hyperframe.frame import GoAwayFrame
+from hpack import Decoder, HeaderTuple, HPACKError, OversizedHeaderListError
+from hyperframe.frame import Frame, GoAwayFrame
 
 from gateway.config.model import Http2Config
 
@@ -55,6 +80,64 @@ FRAME_SIZE_ERROR: Final = int(ErrorCodes.FRAME_SIZE_ERROR)
 PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 _FRAME_HEADER: Final = 9
+_NO_STREAM_LIMIT: Final = 2**31 - 1
+# RFC 9113 §6.5, §6.9: frame types and the flag the frame buffer checks.
+_SETTINGS: Final = 0x4
+_WINDOW_UPDATE: Final = 0x8
+_ACK: Final = 0x1
+
+
+class _CompressionError(ProtocolError):
+    """A header block that cannot be decoded."""
+
+    # RFC 9113 §4.3: a connection error of type COMPRESSION_ERROR (h2 says PROTOCOL_ERROR).
+    error_code = ErrorCodes.COMPRESSION_ERROR
+
+
+class _Decoder(Decoder):
+    """HPACK's decoder, its errors raised as h2's COMPRESSION_ERROR (h2 passes a ProtocolError
+    through and ends the connection with its code)."""
+
+    def decode(self, data: bytes, raw: bool = False) -> Iterable[HeaderTuple]:
+        try:
+            return super().decode(data, raw)
+        except OversizedHeaderListError:
+            raise  # the HPACK bomb: h2 answers ENHANCE_YOUR_CALM
+        except HPACKError as error:
+            raise _CompressionError(f"header block cannot be decoded: {error}") from error
+
+
+class _FrameBuffer(FrameBuffer):
+    """h2's frame buffer, with two frame rules that hyperframe gets wrong applied first."""
+
+    def __next__(self) -> Frame:
+        data = self._data
+        if len(data) >= _FRAME_HEADER and data[:3] != b"\x00\x00\x00":
+            kind = data[3]
+            if kind == _SETTINGS and data[4] & _ACK:
+                # RFC 9113 §6.5: a SETTINGS ACK with a payload is a connection error
+                # FRAME_SIZE_ERROR (hyperframe calls it invalid data: PROTOCOL_ERROR).
+                raise FrameDataMissingError("SETTINGS ACK with a payload")
+            if kind == _WINDOW_UPDATE and len(data) > _FRAME_HEADER:
+                # RFC 9113 §6.9: the increment's reserved bit is ignored on receipt;
+                # hyperframe counts it and refuses the increment as above 2^31-1.
+                data[_FRAME_HEADER] &= 0x7F
+        return super().__next__()
+
+
+class _H2Connection(H2Connection):
+    """h2's connection, except that a GOAWAY from the client leaves it open."""
+
+    def _receive_goaway_frame(self, frame: GoAwayFrame) -> tuple[list[Frame], list[H2Event]]:
+        # RFC 9113 §6.8: a GOAWAY stops new streams; the streams already open complete (the
+        # client may still send their bodies, and their responses must still be sent). h2
+        # closes its state machine and drops the frames queued, after which neither is
+        # possible: only its event is kept.
+        event = ConnectionTerminated()
+        event.error_code = frame.error_code
+        event.last_stream_id = frame.last_stream_id
+        event.additional_data = frame.additional_data or None
+        return [], [event]
 
 
 class H2ConnectionError(Exception):
@@ -102,7 +185,7 @@ class StreamEnd(Event):
 
 
 class Reset(Event):
-    """The client reset the stream (RST_STREAM)."""
+    """The stream was reset: by the client (RST_STREAM), or for its stream error."""
 
     __slots__ = ("code",)
 
@@ -137,7 +220,7 @@ class Ping(Event):
 class H2Codec:
     """One server-side HTTP/2 connection's state machine and frame buffers."""
 
-    __slots__ = ("_buffer", "_conn", "_extra", "_max_frame", "_max_header_block")
+    __slots__ = ("_buffer", "_conn", "_ended", "_lengths", "_max_frame", "_max_header_block")
 
     def __init__(self, settings: Http2Config) -> None:
         config = H2Configuration(
@@ -150,7 +233,9 @@ class H2Codec:
             validate_outbound_headers=False,
             normalize_outbound_headers=False,
         )
-        conn = self._conn = H2Connection(config=config)
+        conn = self._conn = _H2Connection(config=config)
+        conn.decoder = _Decoder()
+        conn.incoming_buffer = _FrameBuffer(server=True)
         _apply_local_settings(conn, settings)
         # Response header blocks without Huffman coding (RFC 7541 §5.2 lets each string
         # choose) and without the dynamic table (§4.2: the encoder may use less than the
@@ -162,16 +247,26 @@ class H2Codec:
         conn.encoder.encode = functools.partial(conn.encoder.encode, huffman=False)  # type: ignore[method-assign]
         conn.encoder.header_table_size = 0
         self._max_frame = settings.max_frame_size
+        # Streams whose request declared a Content-Length, until their end: [declared, DATA
+        # octets received].
+        self._lengths: dict[int, list[int]] = {}
         self._max_header_block = settings.max_header_list_size
         self._buffer = conn.incoming_buffer
-        # Frames written here rather than by h2 (`graceful_goaway`).
-        self._extra = b""
+        # A GOAWAY for a connection error is queued: the connection ends, no other follows.
+        self._ended = False
 
     def start(self, connection_window: int) -> None:
         """Queue the server preface (SETTINGS) and open the connection's receive window to
         ``connection_window`` (RFC 9113 §6.9.2: only a WINDOW_UPDATE changes it)."""
         conn = self._conn
         conn.initiate_connection()
+        # RFC 9113 §5.1.2: a stream beyond SETTINGS_MAX_CONCURRENT_STREAMS is a stream error;
+        # Http2Connection refuses it (REFUSED_STREAM: the client may retry it). h2 would end
+        # the connection and every stream on it (TooManyStreamsError), so its own count is
+        # lifted once the limit is advertised.
+        local = conn.local_settings
+        local[SettingCodes.MAX_CONCURRENT_STREAMS] = _NO_STREAM_LIMIT
+        local.acknowledge()
         increment = connection_window - conn.inbound_flow_control_window
         if increment > 0:
             conn.increment_flow_control_window(increment)
@@ -183,6 +278,8 @@ class H2Codec:
         try:
             received = self._conn.receive_data(data)
         except ProtocolError as error:
+            # h2 queued its GOAWAY (unless the preface itself was wrong: nothing parsed yet).
+            self._ended = self._conn.state_machine.state is ConnectionState.CLOSED
             code = int(getattr(error, "error_code", PROTOCOL_ERROR))
             raise H2ConnectionError(code, str(error) or type(error).__name__) from None
         self._check_buffers()
@@ -192,17 +289,31 @@ class H2Codec:
             kind = type(event)
             if kind is RequestReceived:
                 assert isinstance(event, RequestReceived)
+                stream_id = event.stream_id
+                headers = list(event.headers)
                 ended = event.stream_ended is not None
-                append(RequestHeaders(event.stream_id, list(event.headers), ended))
+                declared = _content_length(headers)
+                if declared is not None:
+                    if ended and declared:
+                        append(self._malformed(stream_id))
+                        continue
+                    if not ended:
+                        self._lengths[stream_id] = [declared, 0]
+                append(RequestHeaders(stream_id, headers, ended))
                 if ended:
-                    append(StreamEnd(event.stream_id))
+                    append(StreamEnd(stream_id))
             elif kind is DataReceived:
                 assert isinstance(event, DataReceived)
-                append(
-                    BodyData(event.stream_id, event.data or b"", event.flow_controlled_length or 0)
-                )
+                stream_id = event.stream_id
+                data = event.data or b""
+                append(BodyData(stream_id, data, event.flow_controlled_length or 0))
+                counted = self._lengths.get(stream_id)
+                if counted is not None:
+                    counted[1] += len(data)
                 if event.stream_ended is not None:
-                    append(StreamEnd(event.stream_id))
+                    # h2 compared a Content-Length with the DATA that ended the stream.
+                    self._lengths.pop(stream_id, None)
+                    append(StreamEnd(stream_id))
             elif kind is StreamEnded:
                 # Reported with the HEADERS or DATA event that carried END_STREAM (above)
                 # unless it ended the stream on its own (after trailers).
@@ -210,7 +321,12 @@ class H2Codec:
             elif kind is TrailersReceived:
                 # Trailer fields are dropped, never merged into the head (RFC 9110 §6.5.1).
                 assert isinstance(event, TrailersReceived)
-                append(StreamEnd(event.stream_id))
+                stream_id = event.stream_id
+                counted = self._lengths.pop(stream_id, None)
+                if counted is not None and counted[0] != counted[1]:
+                    append(self._malformed(stream_id))
+                else:
+                    append(StreamEnd(stream_id))
             elif kind is WindowUpdated:
                 assert isinstance(event, WindowUpdated)
                 append(WindowOpened(event.stream_id))
@@ -229,15 +345,25 @@ class H2Codec:
                     encoder.table_size_changes = [0]
                     encoder.header_table.resized = True
             elif kind is StreamReset:
+                # The client's RST_STREAM, or h2's own answering a stream error of the client
+                # (RFC 9113 §5.4.2: DATA on a half-closed stream, a window overflow): either
+                # way the stream is over, and a response written to it would raise.
                 assert isinstance(event, StreamReset)
-                if event.remote_reset:
-                    append(Reset(event.stream_id, int(event.error_code or 0)))
+                self._lengths.pop(event.stream_id, None)
+                append(Reset(event.stream_id, int(event.error_code or 0)))
             elif kind is PingReceived:
                 append(Ping(0))
             elif kind is ConnectionTerminated:
                 assert isinstance(event, ConnectionTerminated)
                 append(GoAway(int(event.error_code or 0)))
         return events
+
+    def _malformed(self, stream_id: int) -> Reset:
+        """A request whose Content-Length is not the length of its DATA: malformed, a stream
+        error PROTOCOL_ERROR, and not to be forwarded (RFC 9113 §8.1.1). h2 checks this only
+        when DATA ends the stream, not when HEADERS or trailers do."""
+        self.reset(stream_id, PROTOCOL_ERROR)
+        return Reset(stream_id, PROTOCOL_ERROR)
 
     def _check_buffers(self) -> None:
         """Refuse what h2 would otherwise keep buffering (see the module's docstring)."""
@@ -272,26 +398,38 @@ class H2Codec:
 
     def reset(self, stream_id: int, code: int) -> None:
         """RST_STREAM ``stream_id`` unless it is closed already."""
+        self._lengths.pop(stream_id, None)
         with contextlib.suppress(StreamClosedError, ProtocolError):
             self._conn.reset_stream(stream_id, code)
 
     def goaway(self, code: int, last_stream_id: int | None = None) -> None:
-        """Queue GOAWAY for a connection that ends now (an error): nothing more is sent."""
+        """Queue GOAWAY; streams up to ``last_stream_id`` (default: the last one opened) go on.
+
+        Once a connection error's GOAWAY is queued (by h2 or here), no other is."""
+        if self._ended:
+            return
+        conn = self._conn
+        machine = conn.state_machine
+        state = machine.state
         with contextlib.suppress(ProtocolError):  # already closed
-            self._conn.close_connection(code, last_stream_id=last_stream_id)
+            conn.close_connection(code, last_stream_id=last_stream_id)
+        if code == NO_ERROR and state is not ConnectionState.CLOSED:
+            # RFC 9113 §6.8: after a graceful GOAWAY the streams up to its last stream
+            # identifier finish; h2's state machine closes on any GOAWAY and would refuse to
+            # send their responses. (New streams are refused by Http2Connection.)
+            machine.state = state
+        else:
+            self._ended = True
 
     def graceful_goaway(self) -> int:
         """Queue GOAWAY NO_ERROR naming the last stream opened, which is returned; the streams
         up to it are still answered (RFC 9113 §6.8).
 
-        Written here rather than by h2: h2's state machine refuses to send anything once it
-        sent GOAWAY, open streams included.
+        h2's state machine refuses to send anything once it sent GOAWAY, open streams
+        included: `goaway` restores its state after a NO_ERROR one.
         """
-        last = self._conn.highest_inbound_stream_id
-        frame = GoAwayFrame(0)
-        frame.last_stream_id = last
-        frame.error_code = NO_ERROR
-        self._extra += frame.serialize()
+        last: int = self._conn.highest_inbound_stream_id
+        self.goaway(NO_ERROR)
         return last
 
     def ack(self, stream_id: int, size: int) -> None:
@@ -301,11 +439,15 @@ class H2Codec:
                 self._conn.acknowledge_received_data(size, stream_id)
 
     def window(self, stream_id: int) -> int:
-        """Bytes that may be sent on ``stream_id`` now (its window and the connection's)."""
+        """Bytes that may be sent on ``stream_id`` now (its window and the connection's);
+        -1 once the stream is closed."""
         try:
-            return self._conn.local_flow_control_window(stream_id)
+            window = self._conn.local_flow_control_window(stream_id)
         except (StreamClosedError, ProtocolError):
             return -1
+        # RFC 9113 §6.9.2: a smaller SETTINGS_INITIAL_WINDOW_SIZE can leave a window below
+        # zero; the stream then waits for WINDOW_UPDATEs like one at zero (not closed).
+        return max(window, 0)
 
     @property
     def max_send_frame(self) -> int:
@@ -322,11 +464,15 @@ class H2Codec:
 
     def outgoing(self) -> bytes:
         data: bytes = self._conn.data_to_send()
-        extra = self._extra
-        if extra:
-            self._extra = b""
-            return data + extra
         return data
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    """A request's Content-Length (h2 checked it: digits only, repeated values equal)."""
+    for name, value in headers:
+        if name == b"content-length":
+            return int(value)
+    return None
 
 
 def _apply_local_settings(conn: H2Connection, settings: Http2Config) -> None:

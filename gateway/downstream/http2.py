@@ -444,14 +444,10 @@ class Http2Connection(asyncio.Protocol):
                 if self._closed:
                     return
             elif kind is h2codec.GoAway:
-                # The client is leaving. h2 sends nothing after a GOAWAY either way (its
-                # state machine closes), so open streams cannot be answered: close.
+                # The client is leaving: no new streams; the open ones are still answered
+                # (RFC 9113 §6.8), then the connection closes.
+                self._draining = True
                 self._goaway_sent = True
-                for stream in self._streams.values():
-                    stream.gone()
-                self._flush()
-                self.close()
-                return
         if self._codec.in_header_block:
             if self._block_deadline is None:
                 self._block_deadline = deadline = self.loop.time() + self.limits.header_read
