@@ -557,9 +557,7 @@ class Http2Connection(asyncio.Protocol):
         if method == b"CONNECT":
             raise BadRequest("CONNECT is not supported: the gateway is not a forward proxy")
         if authority is not None:
-            # RFC 9113 §8.3.1: with both, Host must name the same authority.
-            if host_seen is not None and host_seen != authority:
-                raise BadRequest(":authority and Host differ")
+            # RFC 9113 §8.3.1: with both, Host names the same authority (the codec checked).
             if host_seen is None:
                 fields.insert(0, (b"host", authority))
                 notes.note(b"host", authority)

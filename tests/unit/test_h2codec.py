@@ -99,3 +99,67 @@ def test_a_graceful_goaway_leaves_open_streams_answerable() -> None:
     # would refuse to send them once it had sent a GOAWAY.
     assert b"\x00\x00\x08\x07\x00\x00\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00\x00" in data
     assert data.count(b"\x01\x04\x00\x00\x00\x01") + data.count(b"\x01\x05\x00\x00\x00\x01") == 1
+
+
+BASE = [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/"), (b":authority", b"a")]
+
+
+@pytest.mark.parametrize(
+    ("headers", "problem"),
+    [
+        (BASE, None),
+        ([*BASE, (b"accept", b"*/*"), (b"te", b"trailers"), (b"host", b"a")], None),
+        ([*BASE, (b"content-length", b"12"), (b"content-length", b"12")], None),
+        ([(b":method", b"CONNECT"), (b":authority", b"a:443")], None),
+        (BASE[1:], "missing :method"),
+        ([BASE[0], BASE[1], BASE[3]], "missing :scheme or :path"),
+        ([BASE[0], BASE[1], (b":path", b""), BASE[3]], "missing :scheme or :path"),
+        (BASE[:3], "missing :authority and Host"),
+        ([*BASE[:3], (b"host", b"a")], None),
+        ([*BASE, (b"host", b"b")], ":authority and Host differ"),
+        ([*BASE, (b"host", b"a"), (b"host", b"a")], "more than one Host"),
+        ([*BASE, (b":path", b"/x")], "pseudo-header b':path' repeated"),
+        ([BASE[0], (b"x", b"1"), *BASE[1:]], "pseudo-header b':scheme' after a regular field"),
+        ([*BASE, (b":status", b"200")], "pseudo-header b':status' not allowed in a request"),
+        (
+            [*BASE, (b":protocol", b"websocket")],
+            "pseudo-header b':protocol' not allowed in a request",
+        ),
+        ([*BASE, (b"Accept", b"x")], "invalid field name b'Accept'"),
+        ([*BASE, (b"a b", b"x")], "invalid field name b'a b'"),
+        ([*BASE, (b"x:y", b"x")], "invalid field name b'x:y'"),
+        ([*BASE, (b"", b"x")], "invalid field name b''"),
+        ([*BASE, (b"x", b"a\x00b")], "invalid value in b'x'"),
+        ([*BASE, (b"x", b"a\rb")], "invalid value in b'x'"),
+        ([*BASE, (b"x", b" a")], "invalid value in b'x'"),
+        ([*BASE, (b"x", b"a\t")], "invalid value in b'x'"),
+        ([*BASE, (b"connection", b"close")], "connection-specific field b'connection'"),
+        (
+            [*BASE, (b"transfer-encoding", b"chunked")],
+            "connection-specific field b'transfer-encoding'",
+        ),
+        ([*BASE, (b"upgrade", b"h2c")], "connection-specific field b'upgrade'"),
+        ([*BASE, (b"te", b"gzip")], "TE other than trailers"),
+        ([*BASE, (b"content-length", b"+5")], "invalid Content-Length"),
+        ([*BASE, (b"content-length", b"1"), (b"content-length", b"2")], "invalid Content-Length"),
+        (
+            [(b":method", b"CONNECT"), (b":path", b"/"), (b":authority", b"a")],
+            "CONNECT with :scheme or :path",
+        ),
+    ],
+)
+def test_request_problems(headers: list[tuple[bytes, bytes]], problem: str | None) -> None:
+    assert h2codec.request_problem(headers) == problem
+
+
+@pytest.mark.parametrize(
+    ("headers", "problem"),
+    [
+        ([(b"x-checksum", b"abc")], None),
+        ([(b":path", b"/")], "invalid trailer field name b':path'"),
+        ([(b"X", b"1")], "invalid trailer field name b'X'"),
+        ([(b"x", b"1\n")], "invalid value in trailer b'x'"),
+    ],
+)
+def test_trailer_problems(headers: list[tuple[bytes, bytes]], problem: str | None) -> None:
+    assert h2codec.trailer_problem(headers) == problem
