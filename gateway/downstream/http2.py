@@ -556,11 +556,11 @@ class Http2Connection(asyncio.Protocol):
             fields.append((b"cookie", joined))
         if method == b"CONNECT":
             raise BadRequest("CONNECT is not supported: the gateway is not a forward proxy")
-        if authority is not None:
-            # RFC 9113 §8.3.1: with both, Host names the same authority (the codec checked).
-            if host_seen is None:
-                fields.insert(0, (b"host", authority))
-                notes.note(b"host", authority)
+        if authority is not None and host_seen is None:
+            # RFC 9113 §8.3.1: :authority is the Host an HTTP/1.1 upstream needs (with both,
+            # the codec checked they are equal).
+            fields.insert(0, (b"host", authority))
+            notes.note(b"host", authority)
         if not path:
             raise BadRequest("missing :path")
         head = RequestHead(
