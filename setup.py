@@ -39,6 +39,7 @@ COMPILED = [
     "gateway/compression/stage.py",
     "gateway/downstream/body.py",
     "gateway/downstream/connection.py",
+    "gateway/downstream/h2fields.py",
     "gateway/downstream/http2.py",
     "gateway/downstream/writer.py",
     "gateway/edge.py",

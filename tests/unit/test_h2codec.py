@@ -10,7 +10,7 @@ from h2.settings import SettingCodes
 from hyperframe.frame import ContinuationFrame, HeadersFrame
 
 from gateway.config.model import Http2Config
-from gateway.downstream import h2codec
+from gateway.downstream import h2codec, h2fields
 
 REQUEST = [(":method", "GET"), (":path", "/x"), (":scheme", "http"), (":authority", "a")]
 
@@ -149,7 +149,7 @@ BASE = [(b":method", b"GET"), (b":scheme", b"https"), (b":path", b"/"), (b":auth
     ],
 )
 def test_request_problems(headers: list[tuple[bytes, bytes]], problem: str | None) -> None:
-    assert h2codec.request_problem(headers) == problem
+    assert h2fields.request_problem(headers) == problem
 
 
 @pytest.mark.parametrize(
@@ -162,4 +162,4 @@ def test_request_problems(headers: list[tuple[bytes, bytes]], problem: str | Non
     ],
 )
 def test_trailer_problems(headers: list[tuple[bytes, bytes]], problem: str | None) -> None:
-    assert h2codec.trailer_problem(headers) == problem
+    assert h2fields.trailer_problem(headers) == problem
