@@ -28,6 +28,7 @@ from http2_bench import (
 from targets import gateway_conf
 
 from gateway.config.loader import load_config
+from tests.unit.tls_files import write_certificate
 
 # nghttp2 1.52's h2load -D 3 -m10 against the gateway's h2c listener, progress lines cut.
 OUTPUT = """\
@@ -110,9 +111,9 @@ def test_h2load_runs_http1_or_streams_per_connection() -> None:
 
 
 def test_the_configs_load(tmp_path: Path) -> None:
-    cert, key = tmp_path / "server.crt", tmp_path / "server.key"
-    cert.write_text("not read by the loader")
-    key.write_text("not read by the loader")
+    # The loader loads the pair as a worker would: a real certificate, made here.
+    cert_path, key_path = write_certificate(tmp_path, "server.crt", "server.key", "localhost")
+    cert, key = Path(cert_path), Path(key_path)
     tls = Certificate(cert, key, ssl.create_default_context())
     ports = (9001, 9002, 9003)
     plain = load_config(gateway_conf(tmp_path, "h1-only", ports))
