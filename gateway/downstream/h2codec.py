@@ -216,6 +216,24 @@ class H2Codec:
                 append(GoAway(int(event.error_code or 0)))
         return events
 
+    def frames_end(self, data: bytes | memoryview, count: int) -> int:
+        """Where in ``data`` the first ``count`` frames end (the one h2 holds the start of
+        counts), or ``len(data)``: how much to hand to `receive` for that many frames."""
+        buffer = self._buffer
+        held = buffer._data  # the start of a frame, or nothing
+        # The first frame starts after what is left of the preface, or where h2's part began.
+        position = buffer._preamble_len - len(held)
+        size = len(data)
+        for _ in range(count):
+            if position + _FRAME_HEADER > size:
+                return size
+            if position >= 0:
+                length = bytes(data[position : position + 3])
+            else:
+                length = (bytes(held) + bytes(data[:_FRAME_HEADER]))[:3]
+            position += _FRAME_HEADER + int.from_bytes(length, "big")
+        return min(max(position, 0), size)
+
     def _check_buffers(self) -> None:
         """Refuse what h2 would otherwise keep buffering (see the module's docstring)."""
         buffer = self._buffer
