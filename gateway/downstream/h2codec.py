@@ -53,6 +53,8 @@ FRAME_SIZE_ERROR: Final = int(ErrorCodes.FRAME_SIZE_ERROR)
 PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 _FRAME_HEADER: Final = 9
+# h2's own cap on open inbound streams, once it is the connection's to enforce (`H2Codec.start`).
+_UNLIMITED_STREAMS: Final = 2**31 - 1
 
 
 class H2ConnectionError(Exception):
@@ -159,6 +161,14 @@ class H2Codec:
         ``connection_window`` (RFC 9113 §6.9.2: only a WINDOW_UPDATE changes it)."""
         conn = self._conn
         conn.initiate_connection()
+        # RFC 9113 §5.1.2: a stream beyond SETTINGS_MAX_CONCURRENT_STREAMS is a stream error,
+        # REFUSED_STREAM for a client to retry; h2 makes it a connection error (PROTOCOL_ERROR)
+        # that ends every stream the client has open. The advertised limit (queued above) is
+        # the connection's to enforce: `Http2Connection._request` refuses such a stream and
+        # counts the refusal against the reset budget. h2's own check is lifted.
+        local = conn.local_settings
+        local[SettingCodes.MAX_CONCURRENT_STREAMS] = _UNLIMITED_STREAMS
+        local.acknowledge()
         increment = connection_window - conn.inbound_flow_control_window
         if increment > 0:
             conn.increment_flow_control_window(increment)
