@@ -36,6 +36,7 @@ from h2.events import (
 )
 from h2.exceptions import ProtocolError, StreamClosedError
 from h2.settings import SettingCodes
+from hyperframe.frame import GoAwayFrame
 
 from gateway.config.model import Http2Config
 
@@ -282,8 +283,20 @@ class H2Codec:
 
     def goaway(self, code: int, last_stream_id: int | None = None) -> None:
         """Queue GOAWAY; streams up to ``last_stream_id`` (default: the last one opened) go on."""
+        conn = self._conn
+        if code == NO_ERROR:
+            # A graceful GOAWAY (RFC 9113 §6.8): the streams up to last_stream_id complete, in
+            # both directions. h2's close_connection would move its state machine to CLOSED,
+            # where every later frame is a ProtocolError: the responses still due, and the
+            # client's WINDOW_UPDATE, DATA or PING (python-hyper/h2#1181). The frame is queued
+            # without it; h2 goes on serving the streams, and the connection refuses new ones.
+            if last_stream_id is None:
+                last_stream_id = conn.highest_inbound_stream_id
+            frame = GoAwayFrame(0, last_stream_id=last_stream_id, error_code=code)
+            conn._prepare_for_sending([frame])
+            return
         with contextlib.suppress(ProtocolError):  # already closed
-            self._conn.close_connection(code, last_stream_id=last_stream_id)
+            conn.close_connection(code, last_stream_id=last_stream_id)
 
     def ack(self, stream_id: int, size: int) -> None:
         """``size`` received bytes of ``stream_id`` were consumed: reopen that much window."""
