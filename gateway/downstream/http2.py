@@ -21,7 +21,8 @@ Limits and defences (HARDENING.md; each configurable in a listener's ``http2`` b
 * a header block must complete within ``server.timeouts.header_read``, the first request
   arrive within it from accept, and a connection with no stream open closes after
   ``server.timeouts.keepalive``;
-* ``max_requests_per_connection`` streams, then a graceful GOAWAY;
+* ``max_requests_per_connection`` streams, then a graceful GOAWAY naming the last one; the
+  streams up to it complete;
 * a client that does not read (PING or SETTINGS floods answered into a full send buffer) is
   not read either: reading pauses while the send buffer is above its high-water mark, and
   ``server.timeouts.send`` without progress aborts the connection, as for HTTP/1.1;
@@ -549,7 +550,8 @@ class Http2Connection(asyncio.Protocol):
             return
         self.requests_served += 1
         if self.requests_served >= self.settings.max_requests_per_connection:
-            self._goaway(h2codec.NO_ERROR)
+            # This stream is the last one served (RFC 9113 §6.8), whatever h2 has read past it.
+            self._goaway(h2codec.NO_ERROR, stream_id)
         self._idle_deadline = None
         self._first_deadline = None
         stream = H2Stream(self, stream_id)
@@ -802,10 +804,10 @@ class Http2Connection(asyncio.Protocol):
 
     # ------------------------------------------------------------------------- closing
 
-    def _goaway(self, code: int) -> None:
+    def _goaway(self, code: int, last_stream_id: int | None = None) -> None:
         if not self._goaway_sent:
             self._goaway_sent = True
-            self._codec.goaway(code)
+            self._codec.goaway(code, last_stream_id)
             self._schedule_flush()
 
     def _connection_error(self, code: int, message: str) -> None:
