@@ -483,6 +483,7 @@ class Http2Connection(asyncio.Protocol):
         try:
             events = self._codec.receive(data)
         except h2codec.H2ConnectionError as error:
+            self._goaway_sent = True  # queued by the codec: one GOAWAY, not two
             self._connection_error(error.code, str(error))
             return
         for event in events:
