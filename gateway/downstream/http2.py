@@ -9,7 +9,8 @@ Limits and defences (HARDENING.md; each configurable in a listener's ``http2`` b
 
 * SETTINGS_MAX_CONCURRENT_STREAMS; and the handlers still running for streams the client reset
   count too: a stream beyond them is refused (REFUSED_STREAM), so a client cannot make the
-  gateway work on more requests at once by resetting them (CVE-2023-44487, rapid reset);
+  gateway work on more requests at once by resetting them (CVE-2023-44487, rapid reset); a
+  stream reset before its handler began is never forwarded;
 * a read is handed to h2 sixteen frames at a time, one pass of the loop each: a flood of small
   frames never holds the loop, and parsing stops once the connection is ended;
 * resets the client sends and the ones it provokes (refused streams, streams reset for not
@@ -637,7 +638,10 @@ class Http2Connection(asyncio.Protocol):
 
     async def _serve(self, stream: H2Stream, pending: PendingRequest) -> None:
         try:
-            await self._handler(stream, pending)
+            # Reset before its handler began (HEADERS and RST_STREAM in one read, the rapid
+            # reset of CVE-2023-44487): nobody waits for an answer, nothing is forwarded.
+            if not stream.reset:
+                await self._handler(stream, pending)
         except ClientGone:
             pass
         except Exception as exc:
