@@ -317,6 +317,8 @@ class RecordingConnection(UpstreamConnection):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.reading_paused = asyncio.Event()
         self.writing_paused = asyncio.Event()
+        # Which upstream it is connected to, when a test has several.
+        self.peer_port: int = transport.get_extra_info("peername")[1]
         RecordingConnection.made.append(self)
         super().connection_made(transport)
 

@@ -283,9 +283,13 @@ class H2Codec:
         try:
             received = self._conn.receive_data(data)
         except ProtocolError as error:
-            # h2 queued its GOAWAY (unless the preface itself was wrong: nothing parsed yet).
-            self._ended = self._conn.state_machine.state is ConnectionState.CLOSED
             code = int(getattr(error, "error_code", PROTOCOL_ERROR))
+            if self._conn.state_machine.state is ConnectionState.CLOSED:
+                self._ended = True  # h2 queued its GOAWAY
+            else:
+                # The preface itself was wrong (RFC 9113 §3.4): h2 parsed nothing and queued
+                # nothing. The raise below promises a GOAWAY queued.
+                self.goaway(code)
             raise H2ConnectionError(code, str(error) or type(error).__name__) from None
         self._check_buffers()
         events: list[Event] = []
@@ -375,6 +379,24 @@ class H2Codec:
         self.reset(stream_id, PROTOCOL_ERROR)
         return Reset(stream_id, PROTOCOL_ERROR)
 
+    def frames_end(self, data: bytes | memoryview, count: int) -> int:
+        """Where in ``data`` the first ``count`` frames end (the one h2 holds the start of
+        counts), or ``len(data)``: how much to hand to `receive` for that many frames."""
+        buffer = self._buffer
+        held = buffer._data  # the start of a frame, or nothing
+        # The first frame starts after what is left of the preface, or where h2's part began.
+        position = buffer._preamble_len - len(held)
+        size = len(data)
+        for _ in range(count):
+            if position + _FRAME_HEADER > size:
+                return size
+            if position >= 0:
+                length = bytes(data[position : position + 3])
+            else:
+                length = (bytes(held) + bytes(data[:_FRAME_HEADER]))[:3]
+            position += _FRAME_HEADER + int.from_bytes(length, "big")
+        return min(max(position, 0), size)
+
     def _check_buffers(self) -> None:
         """Refuse what h2 would otherwise keep buffering (see the module's docstring)."""
         buffer = self._buffer
@@ -419,28 +441,20 @@ class H2Codec:
         if self._ended:
             return
         conn = self._conn
-        machine = conn.state_machine
-        state = machine.state
+        if code == NO_ERROR:
+            # A graceful GOAWAY (RFC 9113 §6.8): the streams up to last_stream_id complete, in
+            # both directions. h2's close_connection would move its state machine to CLOSED,
+            # where every later frame is a ProtocolError: the responses still due, and the
+            # client's WINDOW_UPDATE, DATA or PING (python-hyper/h2#1181). The frame is queued
+            # without it; h2 goes on serving the streams, and the connection refuses new ones.
+            if last_stream_id is None:
+                last_stream_id = conn.highest_inbound_stream_id
+            frame = GoAwayFrame(0, last_stream_id=last_stream_id, error_code=code)
+            conn._prepare_for_sending([frame])
+            return
         with contextlib.suppress(ProtocolError):  # already closed
             conn.close_connection(code, last_stream_id=last_stream_id)
-        if code == NO_ERROR and state is not ConnectionState.CLOSED:
-            # RFC 9113 §6.8: after a graceful GOAWAY the streams up to its last stream
-            # identifier finish; h2's state machine closes on any GOAWAY and would refuse to
-            # send their responses. (New streams are refused by Http2Connection.)
-            machine.state = state
-        else:
-            self._ended = True
-
-    def graceful_goaway(self) -> int:
-        """Queue GOAWAY NO_ERROR naming the last stream opened, which is returned; the streams
-        up to it are still answered (RFC 9113 §6.8).
-
-        h2's state machine refuses to send anything once it sent GOAWAY, open streams
-        included: `goaway` restores its state after a NO_ERROR one.
-        """
-        last: int = self._conn.highest_inbound_stream_id
-        self.goaway(NO_ERROR)
-        return last
+        self._ended = True
 
     def ack(self, stream_id: int, size: int) -> None:
         """``size`` received bytes of ``stream_id`` were consumed: reopen that much window."""

@@ -9,7 +9,10 @@ Limits and defences (HARDENING.md; each configurable in a listener's ``http2`` b
 
 * SETTINGS_MAX_CONCURRENT_STREAMS; and the handlers still running for streams the client reset
   count too: a stream beyond them is refused (REFUSED_STREAM), so a client cannot make the
-  gateway work on more requests at once by resetting them (CVE-2023-44487, rapid reset);
+  gateway work on more requests at once by resetting them (CVE-2023-44487, rapid reset); a
+  stream reset before its handler began is never forwarded;
+* a read is handed to h2 sixteen frames at a time, one pass of the loop each: a flood of small
+  frames never holds the loop, and parsing stops once the connection is ended;
 * resets the client sends and the ones it provokes (refused streams, streams reset for not
   taking their response) spend one token bucket (``reset_budget``); empty, the connection ends
   with GOAWAY ENHANCE_YOUR_CALM;
@@ -19,7 +22,8 @@ Limits and defences (HARDENING.md; each configurable in a listener's ``http2`` b
 * a header block must complete within ``server.timeouts.header_read``, the first request
   arrive within it from accept, and a connection with no stream open closes after
   ``server.timeouts.keepalive``;
-* ``max_requests_per_connection`` streams, then a graceful GOAWAY;
+* ``max_requests_per_connection`` streams, then a graceful GOAWAY naming the last one; the
+  streams up to it complete;
 * a client that does not read (PING or SETTINGS floods answered into a full send buffer) is
   not read either: reading pauses while the send buffer is above its high-water mark, and
   ``server.timeouts.send`` without progress aborts the connection, as for HTTP/1.1;
@@ -65,6 +69,9 @@ _REQUEST_PSEUDO: Final = frozenset({b":method", b":path", b":authority", b":sche
 # Streams answered per connection write: at most this many bytes leave per DATA frame (the
 # client's SETTINGS_MAX_FRAME_SIZE may be smaller).
 _DATA_CHUNK: Final = 16 * 1024
+# Frames of a read handed to h2 in one pass of the loop (`Http2Connection.data_received`); as
+# many as HTTP/1.1 queues pipelined heads (MAX_PIPELINED).
+_FEED_FRAMES: Final = 16
 
 StreamHandler = Callable[["H2Stream", PendingRequest], Coroutine[Any, Any, None]]
 
@@ -356,6 +363,8 @@ class Http2Connection(asyncio.Protocol):
         self._flush_scheduled = False
         self._write_paused = False
         self._read_paused = False
+        # Read and not yet handed to h2 (`data_received`).
+        self._unparsed: bytes | memoryview = b""
         self._drain_waiters: list[asyncio.Future[None]] = []
         # Reset budget: tokens and when they were last counted.
         self._reset_tokens = float(settings.reset_budget.burst)
@@ -420,14 +429,69 @@ class Http2Connection(asyncio.Protocol):
             body.fail(error)
 
     def data_received(self, data: bytes) -> None:
-        if self._closed:
+        # h2 parses a whole read before it returns the first event, and a read holds thousands
+        # of small frames: 5000 rapid resets (CVE-2023-44487) in one 256 KiB read kept the loop
+        # 0.6 s, most of it past the point where the reset budget had ended the connection; 8
+        # KiB of HEADERS, 630 new streams, 60 ms (h2 counts its open streams anew for each).
+        # A read is handed to h2 a few frames at a time, one pass of the loop each (reading
+        # paused, the rest held), so other connections are served between them and parsing
+        # stops with the connection.
+        if self._unparsed:
+            # Reading is paused: at most what was already read.
+            self._unparsed = bytes(self._unparsed) + data
+            return
+        self._feed(data)
+
+    def _feed(self, data: bytes | memoryview) -> None:
+        end = self._codec.frames_end(data, _FEED_FRAMES)
+        if end < len(data):
+            view = memoryview(data)
+            self._unparsed = view[end:]
+            data = view[:end]
+            self._pause_reading()
+            self.loop.call_soon(self._feed_unparsed)
+        self._received(bytes(data))
+
+    def _feed_unparsed(self) -> None:
+        data, self._unparsed = self._unparsed, b""
+        if self._ending:
+            return
+        self._feed(data)
+        if not self._unparsed and not self._write_paused:
+            self._resume_reading()
+
+    def _pause_reading(self) -> None:
+        transport = self.transport
+        if transport is not None and not self._read_paused:
+            self._read_paused = True
+            transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        transport = self.transport
+        if transport is not None and self._read_paused and not self._ending:
+            self._read_paused = False
+            transport.resume_reading()
+
+    @property
+    def _ending(self) -> bool:
+        """Closed, or closing (after a connection error): nothing more is read."""
+        transport = self.transport
+        return self._closed or transport is None or transport.is_closing()
+
+    def _received(self, data: bytes) -> None:
+        if self._ending:
             return
         try:
             events = self._codec.receive(data)
         except h2codec.H2ConnectionError as error:
+            self._goaway_sent = True  # queued by the codec: one GOAWAY, not two
             self._connection_error(error.code, str(error))
             return
         for event in events:
+            if self._ending:
+                # A connection error (the reset budget) ended it: the rest of the events,
+                # streams opened after the GOAWAY among them, are never acted on.
+                return
             kind = type(event)
             if kind is h2codec.BodyData:
                 self._body_data(cast(h2codec.BodyData, event))
@@ -441,8 +505,6 @@ class Http2Connection(asyncio.Protocol):
                 self._window_opened(event.stream_id)
             elif kind is h2codec.Reset:
                 self._client_reset(event.stream_id)
-                if self._closed:
-                    return
             elif kind is h2codec.GoAway:
                 # The client is leaving: no new streams; the open ones are still answered
                 # (RFC 9113 §6.8), then the connection closes.
@@ -465,10 +527,8 @@ class Http2Connection(asyncio.Protocol):
         # The client is not reading: stop reading it too, so that what it sends (PINGs,
         # SETTINGS) cannot queue answers without bound; and start the send deadline.
         self._write_paused = True
+        self._pause_reading()
         transport = self.transport
-        if transport is not None and not self._read_paused:
-            self._read_paused = True
-            transport.pause_reading()
         self._send_deadline = deadline = self.loop.time() + self.limits.send
         self._send_backlog = transport.get_write_buffer_size() if transport is not None else 0
         self._arm(deadline)
@@ -476,10 +536,8 @@ class Http2Connection(asyncio.Protocol):
     def resume_writing(self) -> None:
         self._write_paused = False
         self._send_deadline = None
-        transport = self.transport
-        if transport is not None and self._read_paused and not self._closed:
-            self._read_paused = False
-            transport.resume_reading()
+        if not self._unparsed:
+            self._resume_reading()
         waiters, self._drain_waiters = self._drain_waiters, []
         for waiter in waiters:
             if not waiter.done():
@@ -500,7 +558,8 @@ class Http2Connection(asyncio.Protocol):
             return
         self.requests_served += 1
         if self.requests_served >= self.settings.max_requests_per_connection:
-            self._goaway()
+            # This stream is the last one served (RFC 9113 §6.8), whatever h2 has read past it.
+            self._goaway(h2codec.NO_ERROR, stream_id)
         self._idle_deadline = None
         self._first_deadline = None
         stream = H2Stream(self, stream_id)
@@ -583,7 +642,10 @@ class Http2Connection(asyncio.Protocol):
 
     async def _serve(self, stream: H2Stream, pending: PendingRequest) -> None:
         try:
-            await self._handler(stream, pending)
+            # Reset before its handler began (HEADERS and RST_STREAM in one read, the rapid
+            # reset of CVE-2023-44487): nobody waits for an answer, nothing is forwarded.
+            if not stream.reset:
+                await self._handler(stream, pending)
         except ClientGone:
             pass
         except Exception as exc:
@@ -751,11 +813,10 @@ class Http2Connection(asyncio.Protocol):
 
     # ------------------------------------------------------------------------- closing
 
-    def _goaway(self) -> None:
-        """A graceful GOAWAY: streams already open are answered, new ones refused."""
+    def _goaway(self, code: int, last_stream_id: int | None = None) -> None:
         if not self._goaway_sent:
             self._goaway_sent = True
-            self._codec.graceful_goaway()
+            self._codec.goaway(code, last_stream_id)
             self._schedule_flush()
 
     def _connection_error(self, code: int, message: str) -> None:
@@ -785,7 +846,7 @@ class Http2Connection(asyncio.Protocol):
         """Shutting down or reloading: GOAWAY now; streams already open finish (within the
         drain time, `GatewayServer.shutdown`)."""
         self._draining = True
-        self._goaway()
+        self._goaway(h2codec.NO_ERROR)
         self._flush()
         if not self._streams and self._running == 0:
             self.close()
@@ -833,7 +894,7 @@ class Http2Connection(asyncio.Protocol):
                 return
         idle = self._idle_deadline
         if idle is not None and idle <= now and not self._streams and self._running == 0:
-            self._goaway()
+            self._goaway(h2codec.NO_ERROR)
             self.close()
             return
         wake = math.inf
