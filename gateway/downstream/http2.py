@@ -879,19 +879,19 @@ class Http2Connection(asyncio.Protocol):
                 return
             self._send_backlog = size
             self._send_deadline = now + self.limits.send
-        for deadline, kind in (
-            (self._first_deadline, "header_read"),
-            (self._block_deadline, "header_read"),
-        ):
-            if deadline is not None and deadline <= now:
-                self._registry.client_timed_out(kind)
-                self._connection_error(
-                    h2codec.NO_ERROR
-                    if deadline is self._first_deadline
-                    else h2codec.PROTOCOL_ERROR,
-                    "request header not received in time",
-                )
-                return
+        # No request in time from accept: a quiet close (NO_ERROR). A header block begun and
+        # not finished in time: PROTOCOL_ERROR. (Compared by value: compiled by mypyc, the
+        # deadlines are unboxed floats, and an `is` between them is never true.)
+        first = self._first_deadline
+        block = self._block_deadline
+        late_first = first is not None and first <= now
+        if late_first or (block is not None and block <= now):
+            self._registry.client_timed_out("header_read")
+            self._connection_error(
+                h2codec.NO_ERROR if late_first else h2codec.PROTOCOL_ERROR,
+                "request header not received in time",
+            )
+            return
         idle = self._idle_deadline
         if idle is not None and idle <= now and not self._streams and self._running == 0:
             self._goaway(h2codec.NO_ERROR)
