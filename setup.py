@@ -37,6 +37,7 @@ COMPILED = [
     "gateway/compression/negotiate.py",
     "gateway/compression/rules.py",
     "gateway/compression/stage.py",
+    "gateway/downstream/at_hand.py",
     "gateway/downstream/body.py",
     "gateway/downstream/connection.py",
     "gateway/downstream/h2fields.py",

@@ -12,8 +12,8 @@ from time import perf_counter
 from typing import cast
 
 from gateway import headers as header_rules
-from gateway.compression.codecs import EncodedBody
 from gateway.config.model import ListenerConfig
+from gateway.downstream.at_hand import body_at_hand
 from gateway.downstream.body import RequestBody
 from gateway.downstream.connection import (
     ClientConnection,
@@ -40,13 +40,12 @@ from gateway.errors import (
     RouteNotFound,
     UpstreamAborted,
 )
-from gateway.messages import CompleteBody, Headers, ProxyRequest, ProxyResponse
+from gateway.messages import Headers, ProxyRequest, ProxyResponse
 from gateway.observability.access_log import AccessLog
 from gateway.observability.logging import get_logger
 from gateway.observability.metrics import UNMATCHED
 from gateway.observability.request_metrics import RequestMetrics
 from gateway.runtime import Runtime
-from gateway.upstream.response import ResponseBody
 from gateway.websocket.handshake import is_websocket_upgrade
 from gateway.websocket.stage import Tunnel
 
@@ -214,28 +213,9 @@ class Dispatcher:
         body = upstream.body
         length = upstream.content_length
         http_11 = head.version == (1, 1)
-        # What of the body is already at hand leaves with the head, in one send: all of it for
-        # a small response (no iteration then), else the first chunk, else nothing so that the
-        # client sees the head of a slow response at once.
-        first = b""
-        more = body is not None
+        # What of the body is already at hand leaves with the head, in one send.
         try:
-            if isinstance(body, CompleteBody):
-                first, more = body.take_complete(), False
-            elif isinstance(body, (ResponseBody, EncodedBody)):
-                whole = body.take_complete()
-                if whole is not None:
-                    first, more = whole, False
-                    # A body compressed here whole is framed by its length (the upstream's
-                    # framing is per hop, RFC 9112 §6.1, and its length is gone): no chunk
-                    # framing, and keep-alive for HTTP/1.0 clients.
-                    if isinstance(body, EncodedBody):
-                        length = len(first)
-                elif body.ready():
-                    try:
-                        first = await body.__anext__()
-                    except StopAsyncIteration:
-                        more = False
+            first, more, length = await body_at_hand(body, length)
         except (UpstreamAborted, GatewayError):
             # The status is already logged as the upstream's: abort as once the head is out.
             self._abort(conn, upstream)

@@ -40,9 +40,9 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Final, cast
 
 from gateway import headers as header_rules
-from gateway.compression.codecs import EncodedBody
 from gateway.config.model import Http2Config
 from gateway.downstream import h2codec
+from gateway.downstream.at_hand import body_at_hand
 from gateway.downstream.body import RequestBody
 from gateway.downstream.connection import (
     ClientGone,
@@ -54,9 +54,8 @@ from gateway.downstream.connection import (
 from gateway.downstream.writer import DATE, error_body
 from gateway.edge import FieldNotes, RequestHead
 from gateway.errors import BadRequest, ClientClosedRequest, GatewayError, UpstreamAborted
-from gateway.messages import CompleteBody, Headers, ProxyRequest, ProxyResponse
+from gateway.messages import Headers, ProxyRequest, ProxyResponse
 from gateway.observability.logging import get_logger
-from gateway.upstream.response import ResponseBody
 
 log = get_logger("gateway.http2")
 
@@ -173,18 +172,8 @@ class H2Stream:
     async def relay(self, upstream: ProxyResponse, head_only: bool) -> int:
         """Send the upstream's response on this stream; the body bytes sent."""
         body = upstream.body
-        length = upstream.content_length
-        first = b""
-        more = body is not None
         try:
-            if isinstance(body, CompleteBody):
-                first, more = body.take_complete(), False
-            elif isinstance(body, (ResponseBody, EncodedBody)):
-                whole = body.take_complete()
-                if whole is not None:
-                    first, more = whole, False
-                    if isinstance(body, EncodedBody):
-                        length = len(first)
+            first, more, length = await body_at_hand(body, upstream.content_length)
         except (UpstreamAborted, GatewayError):
             self.conn.upstream_aborted(upstream)
             self.abort()
