@@ -149,15 +149,13 @@ class ConnectionLimits:
 class ListenerSettings:
     """What a connection needs to know about the listener that accepted it."""
 
-    __slots__ = ("protocol", "redirect_port", "scheme")
+    __slots__ = ("redirect_port", "scheme")
 
     def __init__(self, scheme: str = "http", redirect_port: int | None = None) -> None:
         # "https" on a TLS listener: X-Forwarded-Proto and the cache key say so.
         self.scheme = scheme
         # redirect_to_https: every request is answered 308 to https on this port.
         self.redirect_port = redirect_port
-        # The `protocol` label of the request metrics.
-        self.protocol = "http1"
 
 
 PLAIN_LISTENER: Final = ListenerSettings()

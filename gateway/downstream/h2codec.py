@@ -49,7 +49,6 @@ from h2.errors import ErrorCodes
 from h2.events import (
     ConnectionTerminated,
     DataReceived,
-    PingReceived,
     RemoteSettingsChanged,
     RequestReceived,
     StreamEnded,
@@ -158,14 +157,22 @@ class Event:
 
 
 class RequestHeaders(Event):
-    """A request's header block: pseudo-header fields first, names lower-case bytes."""
+    """A request's header block: pseudo-header fields first, names lower-case bytes, and its
+    Content-Length (checked: digits, repeated values equal), None without one."""
 
-    __slots__ = ("ended", "headers")
+    __slots__ = ("content_length", "ended", "headers")
 
-    def __init__(self, stream_id: int, headers: list[tuple[bytes, bytes]], ended: bool) -> None:
+    def __init__(
+        self,
+        stream_id: int,
+        headers: list[tuple[bytes, bytes]],
+        ended: bool,
+        content_length: int | None = None,
+    ) -> None:
         super().__init__(stream_id)
         self.headers = headers
         self.ended = ended
+        self.content_length = content_length
 
 
 class BodyData(Event):
@@ -210,12 +217,6 @@ class GoAway(Event):
     def __init__(self, code: int) -> None:
         super().__init__(0)
         self.code = code
-
-
-class Ping(Event):
-    """A PING, already answered; counted by the connection against floods."""
-
-    __slots__ = ()
 
 
 class H2Codec:
@@ -311,7 +312,7 @@ class H2Codec:
                         continue
                     if not ended:
                         self._lengths[stream_id] = [declared, 0]
-                append(RequestHeaders(stream_id, headers, ended))
+                append(RequestHeaders(stream_id, headers, ended, declared))
                 if ended:
                     append(StreamEnd(stream_id))
             elif kind is DataReceived:
@@ -365,8 +366,6 @@ class H2Codec:
                 assert isinstance(event, StreamReset)
                 self._lengths.pop(event.stream_id, None)
                 append(Reset(event.stream_id, int(event.error_code or 0)))
-            elif kind is PingReceived:
-                append(Ping(0))
             elif kind is ConnectionTerminated:
                 assert isinstance(event, ConnectionTerminated)
                 append(GoAway(int(event.error_code or 0)))

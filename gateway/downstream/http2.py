@@ -106,8 +106,6 @@ class H2Stream:
         "unacked",
     )
 
-    protocol: Final = "http2"
-
     def __init__(self, conn: Http2Connection, stream_id: int) -> None:
         self.conn = conn
         self.stream_id = stream_id
@@ -126,9 +124,6 @@ class H2Stream:
     @property
     def listener(self) -> ListenerSettings:
         return self.conn.listener
-
-    def keep_alive_after(self, pending: PendingRequest) -> bool:
-        return True
 
     def abort(self) -> None:
         """The response failed after its head: reset the stream (a second response is
@@ -575,7 +570,6 @@ class Http2Connection(asyncio.Protocol):
         fields: Headers = []
         notes = FieldNotes()
         cookies: list[bytes] = []
-        content_length: int | None = None
         host_seen: bytes | None = None
         for name, value in event.headers:
             if name[:1] == b":":
@@ -590,12 +584,7 @@ class Http2Connection(asyncio.Protocol):
                 # RFC 9113 §8.2.3: split cookie fields are joined for HTTP/1.1.
                 cookies.append(value)
                 continue
-            if name == b"content-length":
-                try:
-                    content_length = int(value)
-                except ValueError:
-                    raise BadRequest("malformed Content-Length") from None
-            elif name == b"host":
+            if name == b"host":
                 host_seen = value
             fields.append((name, value))
             notes.note(name, value)
@@ -609,8 +598,6 @@ class Http2Connection(asyncio.Protocol):
             # the codec checked they are equal).
             fields.insert(0, (b"host", authority))
             notes.note(b"host", authority)
-        if not path:
-            raise BadRequest("missing :path")
         head = RequestHead(
             method.decode("latin-1"),
             path,
@@ -626,7 +613,7 @@ class Http2Connection(asyncio.Protocol):
             body.consumer = control
             self._bodies[stream.stream_id] = body
         return PendingRequest(
-            head, keep_alive=True, content_length=content_length, body=body, upgrade=False
+            head, keep_alive=True, content_length=event.content_length, body=body, upgrade=False
         )
 
     async def _serve(self, stream: H2Stream, pending: PendingRequest) -> None:
