@@ -41,6 +41,7 @@ COMPILED = [
     "gateway/downstream/body.py",
     "gateway/downstream/connection.py",
     "gateway/downstream/h2fields.py",
+    "gateway/downstream/hpack_encoder.py",
     "gateway/downstream/http2.py",
     "gateway/downstream/writer.py",
     "gateway/edge.py",

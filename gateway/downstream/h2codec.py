@@ -39,7 +39,6 @@ and tests/conformance fails if an upgrade changes them.
 from __future__ import annotations
 
 import contextlib
-import functools
 from collections.abc import Iterable
 from typing import Final
 
@@ -65,6 +64,7 @@ from hyperframe.frame import Frame, GoAwayFrame
 
 from gateway.config.model import Http2Config
 from gateway.downstream.h2fields import request_problem, trailer_problem
+from gateway.downstream.hpack_encoder import ResponseEncoder
 
 # RFC 9113 §7 error codes, by name (the http2 module needs no h2 import for them).
 NO_ERROR: Final = int(ErrorCodes.NO_ERROR)
@@ -243,15 +243,10 @@ class H2Codec:
         conn.decoder = _Decoder()
         conn.incoming_buffer = _FrameBuffer(server=True)
         _apply_local_settings(conn, settings)
-        # Response header blocks without Huffman coding (RFC 7541 §5.2 lets each string
-        # choose) and without the dynamic table (§4.2: the encoder may use less than the
-        # client allows; nginx's HPACK encoder does not index response fields either): each
-        # response carries a fresh X-Request-ID and Date, which would churn the table, and
-        # the encoder searches it linearly for every field. A few more bytes per response
-        # for about a quarter less of h2's CPU per request (144 → 105 µs measured for a
-        # small response's frames; tests/unit/test_h2codec.py checks the blocks decode).
-        conn.encoder.encode = functools.partial(conn.encoder.encode, huffman=False)  # type: ignore[method-assign]
-        conn.encoder.header_table_size = 0
+        # Response header blocks from the static table and literals, compiled
+        # (`hpack_encoder`): hpack's encoder is pure Python and searches its dynamic table for
+        # every field of every response.
+        conn.encoder = ResponseEncoder()  # type: ignore[assignment]  # h2 uses encode() and header_table_size only
         self._max_frame = settings.max_frame_size
         # Streams whose request declared a Content-Length, until their end: [declared, DATA
         # octets received].
@@ -350,15 +345,6 @@ class H2Codec:
                 changed = event.changed_settings
                 if SettingCodes.INITIAL_WINDOW_SIZE in changed:
                     append(WindowOpened(0))
-                if SettingCodes.HEADER_TABLE_SIZE in changed:
-                    # h2 resized the encoder's table to the client's new limit; it stays at
-                    # 0. RFC 7541 §4.2: the next block signals the smallest size since the
-                    # last one and the final, here both 0, so one update of 0 (hpack would
-                    # replay every intermediate size, some above the client's new limit).
-                    encoder = self._conn.encoder
-                    encoder.header_table_size = 0
-                    encoder.table_size_changes = [0]
-                    encoder.header_table.resized = True
             elif kind is StreamReset:
                 # The client's RST_STREAM, or h2's own answering a stream error of the client
                 # (RFC 9113 §5.4.2: DATA on a half-closed stream, a window overflow): either
