@@ -71,6 +71,8 @@ _DATA_CHUNK: Final = 16 * 1024
 # Frames of a read handed to h2 in one pass of the loop (`Http2Connection.data_received`); as
 # many as HTTP/1.1 queues pipelined heads (MAX_PIPELINED).
 _FEED_FRAMES: Final = 16
+# Stream workers a connection keeps waiting for its next stream (`Http2Connection._work`).
+_IDLE_WORKERS: Final = 16
 
 StreamHandler = Callable[["H2Stream", PendingRequest], Coroutine[Any, Any, None]]
 
@@ -102,7 +104,6 @@ class H2Stream:
         "reset",
         "response_started",
         "stream_id",
-        "task",
         "unacked",
     )
 
@@ -116,7 +117,6 @@ class H2Stream:
         self.reset = False
         # Body bytes received and not yet consumed by the chain (flow-control window held).
         self.unacked = 0
-        self.task: asyncio.Task[None] | None = None
         self._window_waiter: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------------ for the dispatcher
@@ -340,6 +340,10 @@ class Http2Connection(asyncio.Protocol):
         self._bodies: dict[int, RequestBody] = {}
         # Handlers still running, including those of streams the client reset.
         self._running = 0
+        # The tasks running stream handlers (referenced here: the loop keeps only weak
+        # references to tasks), and the idle ones' waiters for their next stream.
+        self._workers: set[asyncio.Task[None]] = set()
+        self._idle_workers: list[asyncio.Future[tuple[H2Stream, PendingRequest] | None]] = []
         self._closed = False
         self._goaway_sent = False
         self._draining = False
@@ -403,6 +407,10 @@ class Http2Connection(asyncio.Protocol):
             if not waiter.done():
                 waiter.set_exception(ClientGone())
         self._drain_waiters.clear()
+        idle, self._idle_workers = self._idle_workers, []
+        for worker in idle:
+            if not worker.done():
+                worker.set_result(None)
         self._registry.connection_closed(self)
         if not self.closed_waiter.done():
             self.closed_waiter.set_result(None)
@@ -559,7 +567,14 @@ class Http2Connection(asyncio.Protocol):
                 error=error,
             )
         self._running += 1
-        stream.task = self.loop.create_task(self._serve(stream, pending))
+        idle = self._idle_workers
+        while idle:
+            waiter = idle.pop()
+            if not waiter.done():  # not cancelled with its task
+                waiter.set_result((stream, pending))
+                return
+        worker = self.loop.create_task(self._work(stream, pending))
+        self._workers.add(worker)
 
     def _pending(self, stream: H2Stream, event: h2codec.RequestHeaders) -> PendingRequest:
         """The request head of a stream as the edge expects it (RFC 9113 §8.3: the
@@ -615,6 +630,28 @@ class Http2Connection(asyncio.Protocol):
         return PendingRequest(
             head, keep_alive=True, content_length=event.content_length, body=body, upgrade=False
         )
+
+    async def _work(self, stream: H2Stream, pending: PendingRequest) -> None:
+        """Serve ``stream``, then the connection's next streams as they come: a task per
+        stream cost a twentieth of the worker's CPU per request (creating it, registering it
+        in asyncio's task set, freeing it), which one long-lived task per stream in flight
+        saves. At most _IDLE_WORKERS wait; all end with the connection."""
+        try:
+            while True:
+                await self._serve(stream, pending)
+                if self._closed or len(self._idle_workers) >= _IDLE_WORKERS:
+                    return
+                waiter: asyncio.Future[tuple[H2Stream, PendingRequest] | None]
+                waiter = self.loop.create_future()
+                self._idle_workers.append(waiter)
+                job = await waiter
+                if job is None:
+                    return
+                stream, pending = job
+        finally:
+            task = asyncio.current_task()
+            if task is not None:
+                self._workers.discard(task)
 
     async def _serve(self, stream: H2Stream, pending: PendingRequest) -> None:
         try:
