@@ -39,7 +39,6 @@ and tests/conformance fails if an upgrade changes them.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterable
 from typing import Final
 
 from h2.config import H2Configuration
@@ -56,14 +55,20 @@ from h2.events import (
     WindowUpdated,
 )
 from h2.events import Event as H2Event
-from h2.exceptions import FrameDataMissingError, ProtocolError, StreamClosedError
+from h2.exceptions import (
+    FrameDataMissingError,
+    ProtocolError,
+    StreamClosedError,
+    StreamIDTooLowError,
+)
 from h2.frame_buffer import FrameBuffer
 from h2.settings import SettingCodes
-from hpack import Decoder, HeaderTuple, HPACKError, OversizedHeaderListError
-from hyperframe.frame import Frame, GoAwayFrame
+from hpack import OversizedHeaderListError
+from hyperframe.frame import Frame, GoAwayFrame, RstStreamFrame
 
 from gateway.config.model import Http2Config
 from gateway.downstream.h2fields import request_problem, trailer_problem
+from gateway.downstream.hpack_decoder import HeaderListTooLarge, HpackDecodingError, RequestDecoder
 from gateway.downstream.hpack_encoder import ResponseEncoder
 
 # RFC 9113 §7 error codes, by name (the http2 module needs no h2 import for them).
@@ -94,17 +99,41 @@ class _CompressionError(ProtocolError):
     error_code = ErrorCodes.COMPRESSION_ERROR
 
 
-class _Decoder(Decoder):
-    """HPACK's decoder, its errors raised as h2's COMPRESSION_ERROR (h2 passes a ProtocolError
-    through and ends the connection with its code)."""
+class _Decoder:
+    """The compiled request decoder (`hpack_decoder`) as h2 calls hpack's: its errors become
+    h2's COMPRESSION_ERROR (h2 passes a ProtocolError through and ends the connection with
+    its code), a header list above the limit hpack's OversizedHeaderListError (h2 answers
+    that HPACK bomb with ENHANCE_YOUR_CALM)."""
 
-    def decode(self, data: bytes, raw: bool = False) -> Iterable[HeaderTuple]:
+    __slots__ = ("_decoder",)
+
+    def __init__(self) -> None:
+        self._decoder = RequestDecoder()
+
+    # h2 sets both from the local SETTINGS (HEADER_TABLE_SIZE, MAX_HEADER_LIST_SIZE).
+    @property
+    def max_header_list_size(self) -> int:
+        return self._decoder.max_header_list_size
+
+    @max_header_list_size.setter
+    def max_header_list_size(self, value: int) -> None:
+        self._decoder.max_header_list_size = value
+
+    @property
+    def max_allowed_table_size(self) -> int:
+        return self._decoder.max_allowed_table_size
+
+    @max_allowed_table_size.setter
+    def max_allowed_table_size(self, value: int) -> None:
+        self._decoder.max_allowed_table_size = value
+
+    def decode(self, data: bytes, raw: bool = False) -> list[tuple[bytes, bytes]]:
         try:
-            return super().decode(data, raw)
-        except OversizedHeaderListError:
-            raise  # the HPACK bomb: h2 answers ENHANCE_YOUR_CALM
-        except HPACKError as error:
-            raise _CompressionError(f"header block cannot be decoded: {error}") from error
+            return self._decoder.decode(data)
+        except HeaderListTooLarge as error:
+            raise OversizedHeaderListError(str(error)) from None
+        except HpackDecodingError as error:
+            raise _CompressionError(f"header block cannot be decoded: {error}") from None
 
 
 class _FrameBuffer(FrameBuffer):
@@ -126,7 +155,8 @@ class _FrameBuffer(FrameBuffer):
 
 
 class _H2Connection(H2Connection):
-    """h2's connection, except that a GOAWAY from the client leaves it open."""
+    """h2's connection, except that a GOAWAY from the client leaves it open, and received
+    frames are not formatted for a discarding logger."""
 
     def _receive_goaway_frame(self, frame: GoAwayFrame) -> tuple[list[Frame], list[H2Event]]:
         # RFC 9113 §6.8: a GOAWAY stops new streams; the streams already open complete (the
@@ -138,6 +168,38 @@ class _H2Connection(H2Connection):
         event.last_stream_id = frame.last_stream_id
         event.additional_data = frame.additional_data or None
         return [], [event]
+
+    def _receive_frame(self, frame: Frame) -> list[H2Event]:
+        # h2 4.x's, without its first line: `logger.trace("Received frame: %s", repr(frame))`
+        # formats every frame received for a logger that discards it, 2% of the worker's
+        # CPU per request. The error handling is h2's own (RFC 9113 §5.4.2, §5.1).
+        events: list[H2Event]
+        try:
+            frames, events = self._frame_dispatch_table[frame.__class__](frame)
+        except StreamClosedError as error:
+            # Closed by RST_STREAM: a stream error, answered with RST_STREAM; otherwise a
+            # connection error (re-raised).
+            if not self._stream_is_closed_by_reset(error.stream_id):
+                raise
+            reset = RstStreamFrame(error.stream_id)
+            reset.error_code = error.error_code
+            self._prepare_for_sending([reset])
+            events = error._events
+        except StreamIDTooLowError as error:
+            # A closed stream: closed by RST_STREAM is a stream error (STREAM_CLOSED), by
+            # END_STREAM a connection error STREAM_CLOSED, implicitly a PROTOCOL_ERROR.
+            if self._stream_is_closed_by_reset(error.stream_id):
+                reset = RstStreamFrame(error.stream_id)
+                reset.error_code = ErrorCodes.STREAM_CLOSED
+                self._prepare_for_sending([reset])
+                events = []
+            elif self._stream_is_closed_by_end(error.stream_id):
+                raise StreamClosedError(error.stream_id) from error
+            else:
+                raise
+        else:
+            self._prepare_for_sending(frames)
+        return events
 
 
 class H2ConnectionError(Exception):
@@ -240,7 +302,7 @@ class H2Codec:
             normalize_outbound_headers=False,
         )
         conn = self._conn = _H2Connection(config=config)
-        conn.decoder = _Decoder()
+        conn.decoder = _Decoder()  # type: ignore[assignment]  # what h2 uses of hpack's
         conn.incoming_buffer = _FrameBuffer(server=True)
         _apply_local_settings(conn, settings)
         # Response header blocks from the static table and literals, compiled

@@ -7,7 +7,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.downstream.hpack_encoder import STATIC_TABLE, ResponseEncoder
+from gateway.downstream.hpack_encoder import ResponseEncoder
+from gateway.downstream.hpack_tables import STATIC_TABLE
 
 
 @pytest.mark.parametrize(
