@@ -393,6 +393,7 @@ def gateway_conf(
     dead_port: int | None = None,
     h2c: bool = False,
     listeners: tuple[str, ...] = (),
+    max_idle: int = 64,
 ) -> Path:
     """The gateway with ``workers`` workers; ``ports`` is (small upstream, body upstream, listen).
 
@@ -406,7 +407,8 @@ def gateway_conf(
     port take HTTP/2 with prior knowledge too; ``listeners`` adds listeners after it, each a
     YAML flow mapping (`{listen: "127.0.0.1:N", http2: {h2c: true}}`). With neither the config
     has `server.listen` alone, the form of a config written before HTTP/2 (the http2 section
-    compares the two).
+    compares the two). ``max_idle``: the small upstream's idle connections kept (64, as the
+    nginx the harness compares with keeps: `keepalive 64`).
     """
     small_port, body_port, listen_port = ports
     conf = workdir / f"{name}.yaml"
@@ -443,7 +445,7 @@ def gateway_conf(
             {{redis}}upstreams:
               small:
                 targets: ["http://127.0.0.1:{small_port}"{{dead}}]
-                pool: {{ max_idle: 64 }}
+                pool: {{ max_idle: {max_idle} }}
               body:
                 targets: ["http://127.0.0.1:{body_port}"]
                 pool: {{ max_idle: 64 }}
