@@ -14,12 +14,11 @@ import resource
 import statistics
 from collections.abc import AsyncIterator
 
-from prometheus_client import REGISTRY
-
 from gateway.downstream.connection import REFUSAL_WAIT, ClientConnection
 from gateway.downstream.listener import FD_RESERVE, fd_budget_problem, raise_fd_limit
 from tests.recording_upstream import RecordingUpstream
 from tests.security.conftest import Launch
+from tests.security.observe import counted, timeouts, wait_for
 from tests.security.wire import (
     close_writer,
     converse,
@@ -35,29 +34,8 @@ HOST = b"Host: a"
 GET = request(b"GET / HTTP/1.1", HOST)
 
 
-def counted(name: str, label: str, value: str) -> float:
-    """A counter's current value in this process's registry (0 before its first increment)."""
-    return REGISTRY.get_sample_value(name, {label: value}) or 0.0
-
-
-def timeouts(kind: str) -> float:
-    return counted("gateway_client_timeouts_total", "kind", kind)
-
-
 def refusals(reason: str) -> float:
     return counted("gateway_connections_refused_total", "reason", reason)
-
-
-async def wait_for(condition: object, what: str, seconds: float = 5.0) -> None:
-    """Poll ``condition()`` until true; fail naming ``what`` after ``seconds``.
-
-    Polling, not an event: the conditions are the gateway's own counters, which have none.
-    """
-    assert callable(condition)
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
 
 
 # --- the head ---------------------------------------------------------------------------------

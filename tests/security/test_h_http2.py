@@ -37,7 +37,6 @@ from typing import Any, TypeVar
 import pytest
 from hpack import Encoder
 from hyperframe.frame import GoAwayFrame, PingFrame, SettingsFrame
-from prometheus_client import REGISTRY
 
 from gateway.app import RunningGateway
 from gateway.config.model import (
@@ -64,6 +63,7 @@ from tests.security.h2wire import (
     H2Client,
     Received,
 )
+from tests.security.observe import counted, timeouts, wait_for
 from tests.upstream_servers import (
     RawConnection,
     RawUpstream,
@@ -268,30 +268,12 @@ async def under_attack(
 # --- shared pieces ----------------------------------------------------------------------------
 
 
-def counted(name: str, label: str, value: str) -> float:
-    """A counter's value in this process's registry (0 before its first increment)."""
-    return REGISTRY.get_sample_value(name, {label: value}) or 0.0
-
-
 def goaways(code: str) -> float:
     return counted("gateway_http2_goaways_total", "code", code)
 
 
-def timeouts(kind: str) -> float:
-    return counted("gateway_client_timeouts_total", "kind", kind)
-
-
 def attack_requests(upstream: RecordingUpstream) -> int:
     return sum(1 for r in upstream.requests if r.target.startswith(b"/attack"))
-
-
-async def wait_for(condition: Callable[[], object], what: str, seconds: float = 5.0) -> None:
-    """Poll ``condition()`` until true (the gateway's own state has no events to wait on)."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + seconds
-    while not condition():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
 
 
 async def all_closed(gateway: RunningGateway) -> None:
