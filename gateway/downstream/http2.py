@@ -575,6 +575,7 @@ class Http2Connection(asyncio.Protocol):
                 return
         worker = self.loop.create_task(self._work(stream, pending))
         self._workers.add(worker)
+        worker.add_done_callback(self._workers.discard)
 
     def _pending(self, stream: H2Stream, event: h2codec.RequestHeaders) -> PendingRequest:
         """The request head of a stream as the edge expects it (RFC 9113 §8.3: the
@@ -636,22 +637,17 @@ class Http2Connection(asyncio.Protocol):
         stream cost a twentieth of the worker's CPU per request (creating it, registering it
         in asyncio's task set, freeing it), which one long-lived task per stream in flight
         saves. At most _IDLE_WORKERS wait; all end with the connection."""
-        try:
-            while True:
-                await self._serve(stream, pending)
-                if self._closed or len(self._idle_workers) >= _IDLE_WORKERS:
-                    return
-                waiter: asyncio.Future[tuple[H2Stream, PendingRequest] | None]
-                waiter = self.loop.create_future()
-                self._idle_workers.append(waiter)
-                job = await waiter
-                if job is None:
-                    return
-                stream, pending = job
-        finally:
-            task = asyncio.current_task()
-            if task is not None:
-                self._workers.discard(task)
+        while True:
+            await self._serve(stream, pending)
+            if self._closed or len(self._idle_workers) >= _IDLE_WORKERS:
+                return
+            waiter: asyncio.Future[tuple[H2Stream, PendingRequest] | None]
+            waiter = self.loop.create_future()
+            self._idle_workers.append(waiter)
+            job = await waiter
+            if job is None:
+                return
+            stream, pending = job
 
     async def _serve(self, stream: H2Stream, pending: PendingRequest) -> None:
         try:
